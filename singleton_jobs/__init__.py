@@ -1,0 +1,45 @@
+"""Run scheduled work on exactly one replica, with failover: leader election on a shared lease.
+
+``import singleton_jobs`` loads no backend dependency: ``filelock`` is imported when a file
+lease is constructed, ``kubernetes`` and ``apscheduler`` only by the modules that need them.
+"""
+
+from __future__ import annotations
+
+from .backends import LeaseStore
+from .backends.file import FileElector, FileLeaseStore, default_lease_dir, default_lease_path
+from .backends.memory import MemoryLeaseStore
+from .decorators import get_default_elector, leader_only, set_default_elector
+from .election import Elector, LeaderElector, check_timing
+from .errors import (
+    ConfigurationError,
+    LeadershipLost,
+    LeaseStoreError,
+    NotLeaderError,
+    SingletonJobsError,
+)
+from .lease import LeaseRecord
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConfigurationError",
+    "Elector",
+    "FileElector",
+    "FileLeaseStore",
+    "LeaderElector",
+    "LeadershipLost",
+    "LeaseRecord",
+    "LeaseStore",
+    "LeaseStoreError",
+    "MemoryLeaseStore",
+    "NotLeaderError",
+    "SingletonJobsError",
+    "__version__",
+    "check_timing",
+    "default_lease_dir",
+    "default_lease_path",
+    "get_default_elector",
+    "leader_only",
+    "set_default_elector",
+]

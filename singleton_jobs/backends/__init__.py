@@ -1,0 +1,66 @@
+"""Lease storage backends.
+
+A backend stores one :class:`~singleton_jobs.lease.LeaseRecord` and offers a compare-and-swap on
+it. It knows nothing about elections: the :class:`~singleton_jobs.Elector` owns all timing.
+A new backend subclasses :class:`LeaseStore` and fills in :meth:`~LeaseStore.get`,
+:meth:`~LeaseStore.create` and :meth:`~LeaseStore.update`.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Hashable
+from typing import Tuple
+
+from ..lease import LeaseRecord
+
+#: Opaque token naming one stored state of the record (a counter, the file's bytes, a
+#: Kubernetes resourceVersion). Only equality between versions is meaningful.
+Version = Hashable
+
+Snapshot = Tuple[LeaseRecord, Version]
+
+
+class LeaseStore(abc.ABC):
+    """One lease record with an atomic compare-and-swap.
+
+    Losing a race is a normal outcome, reported as ``None``; only a failure to talk to the
+    storage raises, and then always :class:`~singleton_jobs.errors.LeaseStoreError` (or
+    :class:`~singleton_jobs.errors.ConfigurationError` when the cause is a setting the user
+    must change). ``timeout`` bounds how long a call may block, in seconds.
+    """
+
+    @abc.abstractmethod
+    def get(self, *, timeout: float) -> Snapshot | None:
+        """Return the stored record and its version, or None if there is no record.
+
+        Content that cannot be parsed is returned as
+        :func:`~singleton_jobs.lease.unreadable_record`, never raised.
+
+        :raises LeaseStoreError: the storage could not be read.
+        """
+
+    @abc.abstractmethod
+    def create(self, record: LeaseRecord, *, timeout: float) -> Version | None:
+        """Store ``record`` if no record exists; return its version, or None if one exists.
+
+        :raises LeaseStoreError: the storage could not be written.
+        """
+
+    @abc.abstractmethod
+    def update(self, record: LeaseRecord, version: Version, *, timeout: float) -> Version | None:
+        """Replace the record if it is still at ``version``; return the new version, or None.
+
+        :raises LeaseStoreError: the storage could not be written.
+        """
+
+    def check_lease_duration(self, lease_duration: float) -> None:
+        """Reject a lease duration this backend cannot store.
+
+        :raises ConfigurationError: the value cannot be represented.
+        """
+
+    @property
+    def name(self) -> str:
+        """Where the lease lives, for log lines and error messages."""
+        return type(self).__name__

@@ -1,0 +1,354 @@
+"""Lease in a file: one host, or several hosts on a shared filesystem with working locks.
+
+Format (the seed's, extended): the first line is ``identity:timestamp`` (Unix seconds, a fraction
+allowed); identities may contain ``:`` because the line is split at the *last* colon. Our own
+fields follow as ``key=value`` lines and are optional, so a file written by the seed
+(``<pid>:<unix seconds>``) reads as a lease of unknown duration held by that pid::
+
+    worker-1:1767000000.123456
+    lease_duration=15.0
+    acquire_time=1767000000.000000
+    transitions=3
+
+Guarantees: the first creation uses ``O_CREAT|O_EXCL``; every later change (renew, takeover,
+release) is a read-compare-write made while holding a ``filelock`` on the sibling ``.lock`` file,
+written to a temporary file, fsynced and ``os.replace``-d into place, so a reader sees the old
+record or the new one, never half of one. The file is never deleted. Content that cannot be
+parsed is reported as held by nobody valid; the elector takes it over one lease duration after
+it saw it, never at once.
+
+Caveats: a process stopped (SIGSTOP) in the few microseconds it holds the ``.lock`` file blocks
+other writers until it continues (a killed one releases it at once); a lock on a network
+filesystem is only as good as that filesystem's ``flock``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import math
+import os
+import stat
+import time
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, Union
+
+from ..election import Elector
+from ..errors import ConfigurationError, LeaseStoreError
+from ..lease import LeaseRecord, identity_problem, unreadable_record
+from . import LeaseStore, Snapshot, Version
+
+if TYPE_CHECKING:
+    import filelock
+
+StrPath = Union[str, "os.PathLike[str]"]
+
+#: A lease file is a few dozen bytes; anything larger than this is garbage, not a lease.
+MAX_LEASE_BYTES = 4096
+#: Timestamps further ahead of our clock than this are garbage, not clock skew.
+MAX_CLOCK_AHEAD = 86400.0
+DEFAULT_FILE_NAME = "leader.lease"
+
+
+def default_lease_dir() -> str:
+    """A per-user directory, mode 0700, that nobody else can write to.
+
+    ``$XDG_RUNTIME_DIR/singleton_jobs`` when that is set, else
+    ``<tempdir>/singleton_jobs-<uid>``; created if missing, and refused if it is a symlink,
+    belongs to another user or is open to others (the classic ``/tmp`` attack).
+
+    :raises ConfigurationError: the directory exists but is not safe to use.
+    """
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime and os.path.isdir(runtime):
+        directory = os.path.join(runtime, "singleton_jobs")
+    else:
+        import tempfile  # deferred: only needed for the default path
+
+        directory = os.path.join(tempfile.gettempdir(), f"singleton_jobs-{os.geteuid()}")
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(directory, 0o700)
+    info = os.lstat(directory)
+    if not stat.S_ISDIR(info.st_mode):
+        raise ConfigurationError(f"{directory} is not a directory (a symlink?); remove it or "
+                                 "pass an explicit lease path")
+    if info.st_uid != os.geteuid():
+        raise ConfigurationError(f"{directory} belongs to uid {info.st_uid}, not to you "
+                                 f"(uid {os.geteuid()}); remove it or pass an explicit lease path")
+    if info.st_mode & 0o077:
+        raise ConfigurationError(f"{directory} has mode {stat.S_IMODE(info.st_mode):o}; other users "
+                                 f"could tamper with leases: run chmod 700 {directory}")
+    return directory
+
+
+def default_lease_path(name: str = DEFAULT_FILE_NAME) -> str:
+    """``name`` inside :func:`default_lease_dir`."""
+    return os.path.join(default_lease_dir(), name)
+
+
+def format_record(record: LeaseRecord) -> bytes:
+    """Serialize ``record`` in the lease file format."""
+    return (f"{record.holder}:{record.renew_time:.6f}\n"
+            f"lease_duration={record.lease_duration!r}\n"
+            f"acquire_time={record.acquire_time:.6f}\n"
+            f"transitions={record.transitions}\n").encode()
+
+
+def parse_record(data: bytes, now: float | None = None) -> LeaseRecord:
+    """Parse lease file content; anything that is not a valid lease is unreadable, not an error.
+
+    ``now`` (wall clock, default ``time.time()``) rejects timestamps from the far future.
+    """
+    now = time.time() if now is None else now
+    try:
+        if len(data) > MAX_LEASE_BYTES:
+            raise ValueError("too large")
+        text = data.decode("utf-8")
+        first, *rest = text.split("\n")
+        holder, colon, stamp = first.rpartition(":")
+        if not colon:
+            raise ValueError("no colon")
+        if holder and identity_problem(holder) is not None:
+            raise ValueError("invalid holder")
+        renew_time = _timestamp(stamp, now)
+        fields = {}
+        for line in rest:
+            if line:
+                key, equals, value = line.partition("=")
+                if not equals:
+                    raise ValueError("not key=value")
+                fields[key] = value
+        transitions = int(fields.get("transitions", "0"))
+        if transitions < 0:
+            raise ValueError("negative transitions")
+        lease_duration = float(fields.get("lease_duration", "0"))
+        if not math.isfinite(lease_duration) or lease_duration < 0:
+            raise ValueError("bad lease duration")
+        acquire = fields.get("acquire_time")
+        acquire_time = renew_time if acquire is None else _timestamp(acquire, now)
+    except ValueError:
+        return unreadable_record()
+    return LeaseRecord(holder, lease_duration, acquire_time, renew_time, transitions)
+
+
+def _timestamp(text: str, now: float) -> float:
+    value = float(text)
+    if not math.isfinite(value) or value < 0 or value > now + MAX_CLOCK_AHEAD:
+        raise ValueError("bad timestamp")
+    return value
+
+
+class FileLeaseStore(LeaseStore):
+    """A lease kept in ``path``; writers serialize on ``path + ".lock"``.
+
+    ``mode`` is applied exactly (not filtered by the umask) to the lease and lock files.
+
+    :raises ConfigurationError: the path is unusable (a directory, a symlink, a missing parent,
+        no permission, a read-only filesystem); the message names the path and the fix.
+    """
+
+    def __init__(self, path: StrPath | None = None, *, mode: int = 0o600) -> None:
+        import filelock  # deferred: importing filelock costs more than the rest of the package
+
+        self.path = os.path.abspath(default_lease_path() if path is None else os.fspath(path))
+        self.lock_path = self.path + ".lock"
+        self.mode = mode
+        self._check_path()
+        self._lock: filelock.BaseFileLock = filelock.FileLock(self.lock_path, mode=mode)
+        self._timeout_error: type[Exception] = filelock.Timeout
+
+    @property
+    def name(self) -> str:
+        return self.path
+
+    def _check_path(self) -> None:
+        path, parent = self.path, os.path.dirname(self.path)
+        try:
+            info = os.lstat(path)
+        except FileNotFoundError:
+            info = None
+        except OSError as exc:
+            raise self._config_error(exc, path) from exc
+        if info is not None:
+            if stat.S_ISLNK(info.st_mode):
+                raise ConfigurationError(f"lease path {path} is a symlink; refusing to follow it "
+                                         "(remove it, or point to the real file)")
+            if stat.S_ISDIR(info.st_mode):
+                raise ConfigurationError(f"lease path {path} is a directory; pass a file path "
+                                         f"such as {os.path.join(path, DEFAULT_FILE_NAME)}")
+            if not stat.S_ISREG(info.st_mode):
+                raise ConfigurationError(f"lease path {path} is not a regular file")
+        if not os.path.isdir(parent):
+            raise ConfigurationError(f"directory {parent} for lease file {os.path.basename(path)} does not "
+                                     "exist; create it or choose another lease path")
+        # Prove we can do what every renew does: open the lock file and write into the directory.
+        try:
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, self.mode)
+            os.close(fd)
+            if info is not None:
+                os.close(os.open(path, os.O_RDONLY | os.O_NOFOLLOW))
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(parent))
+        except OSError as exc:
+            raise self._config_error(exc, exc.filename or path) from exc
+
+    @staticmethod
+    def _config_error(exc: OSError, where: str) -> ConfigurationError:
+        if exc.errno == errno.EROFS:
+            return ConfigurationError(f"lease path {where} is on a read-only filesystem; choose a "
+                                      "lease path on a writable filesystem")
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            return ConfigurationError(f"permission denied for lease path {where}; give this user "
+                                      "read and write access to it and its directory, or choose "
+                                      "another lease path")
+        if exc.errno == errno.ELOOP:
+            return ConfigurationError(f"lease path {where} is a symlink; refusing to follow it")
+        return ConfigurationError(f"cannot use lease path {where}: {exc.strerror}")
+
+    # -- LeaseStore -----------------------------------------------------------------------------
+
+    def get(self, *, timeout: float = 10.0) -> Snapshot | None:
+        data = self._read()
+        if data is None:
+            return None
+        return parse_record(data), data
+
+    def create(self, record: LeaseRecord, *, timeout: float = 10.0) -> Version | None:
+        data = format_record(record)
+        with self._locked(timeout):
+            try:
+                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
+                             self.mode)
+            except FileExistsError:
+                return None
+            except OSError as exc:
+                raise self._io_error("create", exc) from exc
+            try:
+                os.fchmod(fd, self.mode)
+                _write_all(fd, data)
+                os.fsync(fd)
+            except OSError as exc:
+                raise self._io_error("write", exc) from exc
+            finally:
+                os.close(fd)
+            self._sync_directory()
+        return data
+
+    def update(self, record: LeaseRecord, version: Version, *,
+               timeout: float = 10.0) -> Version | None:
+        data = format_record(record)
+        with self._locked(timeout):
+            if self._read() != version:
+                return None
+            self._replace(data)
+        return data
+
+    # -- file operations ------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _locked(self, timeout: float) -> Iterator[None]:
+        try:
+            self._lock.acquire(timeout=max(timeout, 0.0))
+        except self._timeout_error as exc:
+            raise LeaseStoreError(f"{self.lock_path} stayed locked for {timeout:.3g}s "
+                                  "(is another writer stopped?)") from exc
+        except OSError as exc:
+            raise self._io_error("lock", exc) from exc
+        try:
+            yield
+        finally:
+            self._lock.release()
+
+    def _read(self) -> bytes | None:
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise self._io_error("open", exc) from exc
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise LeaseStoreError(f"lease path {self.path} is no longer a regular file")
+            chunks = []
+            size = 0
+            while size <= MAX_LEASE_BYTES:  # read one byte past the limit to tell "too large"
+                chunk = os.read(fd, MAX_LEASE_BYTES + 1 - size)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+            return b"".join(chunks)
+        except OSError as exc:
+            raise self._io_error("read", exc) from exc
+        finally:
+            os.close(fd)
+
+    def _replace(self, data: bytes) -> None:
+        directory, name = os.path.split(self.path)
+        tmp = os.path.join(directory, f".{name}.{os.urandom(4).hex()}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, self.mode)
+            try:
+                os.fchmod(fd, self.mode)
+                _write_all(fd, data)
+                os.fsync(fd)  # the data must be on disk before the rename makes it visible
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise self._io_error("write", exc) from exc
+        self._sync_directory()
+
+    def _sync_directory(self) -> None:
+        # Makes the rename durable: without it a crash could bring back the old lease.
+        with contextlib.suppress(OSError):
+            fd = os.open(os.path.dirname(self.path), os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def _io_error(self, action: str, exc: OSError) -> LeaseStoreError:
+        if exc.errno == errno.ELOOP:
+            return LeaseStoreError(f"lease path {self.path} became a symlink; refusing to follow")
+        return LeaseStoreError(f"cannot {action} lease file {self.path}: {exc.strerror}")
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+class FileElector(Elector):
+    """An :class:`~singleton_jobs.Elector` on a :class:`FileLeaseStore` at ``path``.
+
+    ``path`` defaults to ``leader.lease`` in :func:`default_lease_dir`; ``mode`` (default
+    0600) is the lease file's permission bits.
+    """
+
+    store: FileLeaseStore
+
+    def __init__(
+        self,
+        path: StrPath | None = None,
+        *,
+        mode: int = 0o600,
+        identity: str | None = None,
+        lease_duration: float = 15.0,
+        renew_deadline: float = 10.0,
+        retry_period: float = 2.0,
+        on_started_leading: Callable[[], Any] | None = None,
+        on_stopped_leading: Callable[[], Any] | None = None,
+        on_new_leader: Callable[[str], Any] | None = None,
+    ) -> None:
+        super().__init__(FileLeaseStore(path, mode=mode), identity=identity,
+                         lease_duration=lease_duration, renew_deadline=renew_deadline,
+                         retry_period=retry_period, on_started_leading=on_started_leading,
+                         on_stopped_leading=on_stopped_leading, on_new_leader=on_new_leader)
+
+    @property
+    def path(self) -> str:
+        return self.store.path

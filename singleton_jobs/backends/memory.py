@@ -1,0 +1,44 @@
+"""In-process lease store: the reference backend for engine tests and single-process use.
+
+Guarantees: linearizable compare-and-swap between threads of one process. Nothing is shared
+with other processes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+
+from ..lease import LeaseRecord
+from . import LeaseStore, Snapshot, Version
+
+
+class MemoryLeaseStore(LeaseStore):
+    """A lease held in this process's memory; versions are increasing integers."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._versions = itertools.count(1)
+        self._snapshot: Snapshot | None = None
+
+    def get(self, *, timeout: float = 0.0) -> Snapshot | None:
+        return self._snapshot
+
+    def create(self, record: LeaseRecord, *, timeout: float = 0.0) -> Version | None:
+        with self._lock:
+            if self._snapshot is not None:
+                return None
+            self._snapshot = (record, next(self._versions))
+            return self._snapshot[1]
+
+    def update(self, record: LeaseRecord, version: Version, *,
+               timeout: float = 0.0) -> Version | None:
+        with self._lock:
+            if self._snapshot is None or self._snapshot[1] != version:
+                return None
+            self._snapshot = (record, next(self._versions))
+            return self._snapshot[1]
+
+    @property
+    def name(self) -> str:
+        return f"memory:{id(self):#x}"

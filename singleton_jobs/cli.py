@@ -1,0 +1,157 @@
+"""The ``singleton-jobs`` command: a demo replica, and a look at a lease file."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from .errors import SingletonJobsError
+
+_print_lock = threading.Lock()
+
+
+def log(message: str) -> None:
+    """Print one line in Go's ``log`` format (``2024/01/10 14:30:25 message``), as the seed did."""
+    line = f"{time.strftime('%Y/%m/%d %H:%M:%S')} {message}\n"
+    with _print_lock:
+        sys.stdout.write(line)
+        sys.stdout.flush()
+
+
+def _seconds(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="singleton-jobs",
+        description="Run scheduled work on exactly one replica, with failover.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = commands.add_parser(
+        "demo", help="run one demo replica (start several to watch the election)",
+        description="Run one replica: it campaigns for the lease, prints a heartbeat every "
+                    "second and runs a leader-only job. Ctrl+C releases the lease.")
+    demo.add_argument("--backend", choices=["file"], default="file",
+                      help="where the lease lives (default: file)")
+    demo.add_argument("--lease-path", help="lease file (default: demo.lease in a per-user "
+                                           "directory, see `singleton-jobs status`)")
+    demo.add_argument("--identity", help="node id written into the lease (default: the PID)")
+    demo.add_argument("--lease-duration", type=_seconds, default=6.0, metavar="SECONDS",
+                      help="how long followers wait before taking over a silent leader "
+                           "(default: 6)")
+    demo.add_argument("--renew-deadline", type=_seconds, default=4.0, metavar="SECONDS",
+                      help="the leader steps down if no renew succeeds this long (default: 4)")
+    demo.add_argument("--retry-period", type=_seconds, default=1.0, metavar="SECONDS",
+                      help="time between acquire and renew attempts (default: 1)")
+    demo.add_argument("--job-interval", type=_seconds, default=5.0, metavar="SECONDS",
+                      help="how often the leader-only job is scheduled (default: 5)")
+    demo.add_argument("--heartbeat", type=_seconds, default=1.0, metavar="SECONDS",
+                      help="time between status lines (default: 1)")
+
+    status = commands.add_parser("status", help="print who holds a lease file")
+    status.add_argument("--lease-path", help="lease file (default: the demo's)")
+    return parser
+
+
+def _demo_path(path: str | None) -> str:
+    from .backends.file import default_lease_path
+
+    return path if path is not None else default_lease_path("demo.lease")
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from .backends.file import FileElector
+    from .decorators import leader_only
+
+    node = args.identity if args.identity is not None else str(os.getpid())
+    log(f"Starting leader election demo for node: {node}")
+
+    def started() -> None:
+        log(f"[{node}] Successfully acquired leadership")
+        log(f"🎉 [{node}] BECAME LEADER - Starting leadership duties")
+
+    def stopped() -> None:
+        log(f"💔 [{node}] LOST LEADERSHIP - Stopping leadership duties")
+
+    def new_leader(identity: str) -> None:
+        if identity != node:
+            log(f"[{node}] New leader elected: {identity}")
+
+    elector = FileElector(
+        _demo_path(args.lease_path), identity=node, lease_duration=args.lease_duration,
+        renew_deadline=args.renew_deadline, retry_period=args.retry_period,
+        on_started_leading=started, on_stopped_leading=stopped, on_new_leader=new_leader)
+
+    @leader_only(elector)
+    def warm_cache() -> None:
+        log(f"🔥 [{node}] Running leader-only job: warming cache "
+            f"(fencing token {elector.fencing_token})")
+
+    shutdown = threading.Event()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        shutdown.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+
+    elector.start()
+    log(f"✅ [{node}] Leader election started. Press Ctrl+C to stop")
+    log(f"[{node}] Lease file: {elector.path}")
+    next_beat = next_job = time.monotonic()
+    while not shutdown.is_set():
+        now = time.monotonic()
+        if now >= next_beat:
+            clock = time.strftime("%H:%M:%S")
+            if elector.is_leader:
+                log(f"👑 [{node}] Status: LEADER - Heartbeat at {clock}")
+            else:
+                log(f" [{node}] Status: FOLLOWER - Heartbeat at {clock}")
+            next_beat += args.heartbeat
+        if now >= next_job:
+            warm_cache()
+            next_job += args.job_interval
+        shutdown.wait(max(min(next_beat, next_job) - time.monotonic(), 0.0))
+    log(f"🛑 [{node}] Shutting down: releasing the lease")
+    elector.stop(release=True)
+    log(f"👋 [{node}] Stopped")
+    return 0
+
+
+def run_status(args: argparse.Namespace) -> int:
+    from .backends.file import FileLeaseStore
+
+    store = FileLeaseStore(_demo_path(args.lease_path))
+    snapshot = store.get()
+    if snapshot is None:
+        print(f"{store.path}: no lease yet")
+        return 0
+    record = snapshot[0]
+    if not record.readable:
+        holder = "unreadable content (treated as held by nobody valid)"
+    else:
+        holder = record.holder or "nobody (released)"
+    print(f"{store.path}\n  holder:      {holder}\n  transitions: {record.transitions}\n"
+          f"  renewed:     {time.time() - record.renew_time:.1f}s ago (by the writer's clock)")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "demo":
+            return run_demo(args)
+        return run_status(args)
+    except SingletonJobsError as exc:
+        print(f"singleton-jobs: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2

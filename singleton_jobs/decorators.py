@@ -1,0 +1,122 @@
+"""``@leader_only``: run a function's body only on the leader, checked in memory per call."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar, overload
+
+if sys.version_info >= (3, 10):
+    from typing import ParamSpec
+else:  # pragma: no cover
+    from typing_extensions import ParamSpec
+
+from .errors import ConfigurationError, NotLeaderError
+from .election import Elector
+
+logger = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_default_elector: Elector | None = None
+
+
+def set_default_elector(elector: Elector | None) -> None:
+    """Make ``elector`` the one that bare ``@leader_only`` functions consult on each call."""
+    if elector is not None and not isinstance(elector, Elector):
+        raise ConfigurationError(f"set_default_elector() needs an Elector, not {elector!r}")
+    global _default_elector
+    _default_elector = elector
+
+
+def get_default_elector() -> Elector | None:
+    return _default_elector
+
+
+def _no_default() -> ConfigurationError:
+    return ConfigurationError("@leader_only without an elector needs a default one: call "
+                              "set_default_elector(elector) at start-up, or write "
+                              "@leader_only(elector)")
+
+
+@overload
+def leader_only(elector: Callable[P, R], /) -> Callable[P, R | None]: ...
+
+
+@overload
+def leader_only(
+    elector: Elector | None = None, /, *, default: Any = None,
+    on_skip: Callable[[], Any] | None = None, raise_on_skip: bool = False,
+) -> Callable[[Callable[P, R]], Callable[P, R | Any]]: ...
+
+
+def leader_only(
+    elector: Any = None, /, *, default: Any = None,
+    on_skip: Callable[[], Any] | None = None, raise_on_skip: bool = False,
+) -> Any:
+    """Run the decorated function only while this replica leads; otherwise skip it.
+
+    ``@leader_only`` consults the default elector (:func:`set_default_elector`) at each call;
+    ``@leader_only(elector)`` a given one. A skipped call returns ``default``, calls
+    ``on_skip()`` if given, and logs at DEBUG; with ``raise_on_skip=True`` it raises
+    :class:`NotLeaderError` instead. ``async def`` functions stay coroutine functions. The check
+    reads the elector's memory only: no I/O, no lock. The elector is exposed as
+    ``wrapper.elector`` (None when the default is looked up per call).
+
+    :raises NotLeaderError: on a skipped call with ``raise_on_skip=True``.
+    :raises ConfigurationError: a bare ``@leader_only`` function was called before
+        :func:`set_default_elector`.
+    """
+    if callable(elector) and not isinstance(elector, Elector):
+        return _decorate(elector, None, default, on_skip, raise_on_skip)  # bare @leader_only
+    if elector is not None and not isinstance(elector, Elector):
+        raise ConfigurationError(f"@leader_only() needs an Elector, not {elector!r}")
+
+    def decorator(func: Callable[P, R]) -> Callable[P, Any]:
+        return _decorate(func, elector, default, on_skip, raise_on_skip)
+
+    return decorator
+
+
+def _decorate(func: Callable[..., Any], elector: Elector | None, default: Any,
+              on_skip: Callable[[], Any] | None, raise_on_skip: bool) -> Callable[..., Any]:
+    import inspect  # deferred: costs milliseconds at import, nothing per call
+
+    name = getattr(func, "__qualname__", repr(func))
+
+    def skip(chosen: Elector) -> Any:
+        logger.debug("%s: skipped %s: not the leader", chosen.identity, name)
+        if raise_on_skip:
+            raise NotLeaderError(f"{chosen.identity} is not the leader; {name} did not run")
+        if on_skip is not None:
+            on_skip()
+        return default
+
+    if inspect.iscoroutinefunction(func):
+        @functools.wraps(func)
+        async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+            chosen = elector or _default_elector
+            if chosen is None:
+                raise _no_default()
+            if chosen.is_leader:
+                return await func(*args, **kwargs)
+            return skip(chosen)
+
+        async_wrapper.elector = elector  # type: ignore[attr-defined]
+        return async_wrapper
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        chosen = elector or _default_elector
+        if chosen is None:
+            raise _no_default()
+        if chosen.is_leader:
+            return func(*args, **kwargs)
+        return skip(chosen)
+
+    wrapper.elector = elector  # type: ignore[attr-defined]
+    return wrapper
+

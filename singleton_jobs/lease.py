@@ -1,0 +1,84 @@
+"""The lease record every backend stores, and identity rules shared by all of them."""
+
+from __future__ import annotations
+
+import os
+import unicodedata
+from typing import NamedTuple
+
+from .errors import ConfigurationError
+
+#: Holder of a record that exists but cannot be read (corrupt file, garbage from a server).
+#: It contains a control character, so no valid identity can ever equal it.
+UNKNOWN_HOLDER = "\x00unknown"
+
+MAX_IDENTITY_LENGTH = 253
+
+
+class LeaseRecord(NamedTuple):
+    """One lease: who holds it, for how long, and how often it changed hands.
+
+    Times are UTC wall-clock Unix seconds and only informational: expiry is judged on the
+    observer's own monotonic clock (see :class:`~singleton_jobs.Elector`).
+    """
+
+    holder: str
+    """Identity of the leader; ``""`` once released, :data:`UNKNOWN_HOLDER` if unreadable."""
+    lease_duration: float
+    """Seconds the holder may be trusted after a follower last saw the record change.
+    ``0`` means unknown: the observer then uses its own ``lease_duration``."""
+    acquire_time: float
+    renew_time: float
+    transitions: int
+    """Incremented every time the holder changes: the fencing token."""
+
+    @property
+    def released(self) -> bool:
+        """True when the last holder gave the lease up; it may be taken at once."""
+        return self.holder == ""
+
+    @property
+    def readable(self) -> bool:
+        return self.holder != UNKNOWN_HOLDER
+
+
+def unreadable_record(transitions: int = 0) -> LeaseRecord:
+    """The record a backend returns for content it cannot parse: held by nobody valid."""
+    return LeaseRecord(UNKNOWN_HOLDER, 0.0, 0.0, 0.0, transitions)
+
+
+def identity_problem(identity: object) -> str | None:
+    """Why ``identity`` cannot be used as a holder identity, or None when it can."""
+    if not isinstance(identity, str):
+        return f"must be a string, not {type(identity).__name__}"
+    if not identity:
+        return "must not be empty"
+    if len(identity) > MAX_IDENTITY_LENGTH:
+        return f"is {len(identity)} characters long; at most {MAX_IDENTITY_LENGTH} are allowed"
+    if "\n" in identity or "\r" in identity:
+        return "contains a newline"
+    if any(unicodedata.category(ch) == "Cc" for ch in identity):
+        return "contains a control character"
+    if identity != identity.strip():
+        return "has leading or trailing whitespace"
+    return None
+
+
+def check_identity(identity: object) -> str:
+    """Return ``identity`` if valid, else raise :class:`ConfigurationError` saying why."""
+    problem = identity_problem(identity)
+    if problem is not None:
+        raise ConfigurationError(f"identity {identity!r} {problem}; pass identity='...' with a "
+                                 "printable name unique to this replica")
+    assert isinstance(identity, str)
+    return identity
+
+
+def default_identity() -> str:
+    """``POD_NAME`` if set (Kubernetes downward API), else ``hostname_pid_random``."""
+    pod = os.environ.get("POD_NAME", "").strip()
+    if pod and identity_problem(pod) is None:
+        return pod
+    import socket  # deferred: only needed when no identity is given
+
+    return f"{socket.gethostname()}_{os.getpid()}_{os.urandom(3).hex()}"
