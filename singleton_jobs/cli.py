@@ -104,6 +104,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGHUP, on_signal)  # a closed terminal or tmux pane
 
     elector.start()
     log(f"✅ [{node}] Leader election started. Press Ctrl+C to stop")

@@ -13,8 +13,8 @@ if sys.version_info >= (3, 10):
 else:  # pragma: no cover
     from typing_extensions import ParamSpec
 
-from .errors import ConfigurationError, NotLeaderError
 from .election import Elector
+from .errors import ConfigurationError, NotLeaderError
 
 logger = logging.getLogger(__name__)
 

@@ -308,18 +308,22 @@ class Elector:
             last_attempt = self._monotonic()
             remaining = self._leading_until - last_attempt
             if remaining <= 0:
-                self._step_down(f"no renew succeeded within renew_deadline ({self.renew_deadline}s)")
+                self._step_down(self._missed_deadline())
                 return
             outcome = self._try_acquire_or_renew(timeout=remaining)
             if outcome is _LEADING:
                 self._leading_until = max(self._leading_until,
                                           last_attempt + self.renew_deadline)
             elif outcome is _HELD:
-                self._step_down(f"lease taken by {self._snapshot[0].holder if self._snapshot else '?'}")
+                holder = self._snapshot[0].holder if self._snapshot else "?"
+                self._step_down(f"lease taken by {holder}")
                 return
             elif self._monotonic() >= self._leading_until:
-                self._step_down(f"no renew succeeded within renew_deadline ({self.renew_deadline}s)")
+                self._step_down(self._missed_deadline())
                 return
+
+    def _missed_deadline(self) -> str:
+        return f"no renew succeeded within renew_deadline ({self.renew_deadline}s)"
 
     def _sleep(self, seconds: float) -> None:
         if seconds > 0 and self._wake.wait(seconds):

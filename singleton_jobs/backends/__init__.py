@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Hashable
-from typing import Tuple
 
 from ..lease import LeaseRecord
 
@@ -18,7 +17,7 @@ from ..lease import LeaseRecord
 #: Kubernetes resourceVersion). Only equality between versions is meaningful.
 Version = Hashable
 
-Snapshot = Tuple[LeaseRecord, Version]
+Snapshot = tuple[LeaseRecord, Version]
 
 
 class LeaseStore(abc.ABC):
@@ -54,7 +53,7 @@ class LeaseStore(abc.ABC):
         :raises LeaseStoreError: the storage could not be written.
         """
 
-    def check_lease_duration(self, lease_duration: float) -> None:
+    def check_lease_duration(self, lease_duration: float) -> None:  # noqa: B027 - optional
         """Reject a lease duration this backend cannot store.
 
         :raises ConfigurationError: the value cannot be represented.

@@ -76,8 +76,8 @@ def default_lease_dir() -> str:
         raise ConfigurationError(f"{directory} belongs to uid {info.st_uid}, not to you "
                                  f"(uid {os.geteuid()}); remove it or pass an explicit lease path")
     if info.st_mode & 0o077:
-        raise ConfigurationError(f"{directory} has mode {stat.S_IMODE(info.st_mode):o}; other users "
-                                 f"could tamper with leases: run chmod 700 {directory}")
+        raise ConfigurationError(f"{directory} has mode {stat.S_IMODE(info.st_mode):o}; other "
+                                 f"users could tamper with leases: run chmod 700 {directory}")
     return directory
 
 
@@ -179,8 +179,8 @@ class FileLeaseStore(LeaseStore):
             if not stat.S_ISREG(info.st_mode):
                 raise ConfigurationError(f"lease path {path} is not a regular file")
         if not os.path.isdir(parent):
-            raise ConfigurationError(f"directory {parent} for lease file {os.path.basename(path)} does not "
-                                     "exist; create it or choose another lease path")
+            raise ConfigurationError(f"directory {parent} for lease file {os.path.basename(path)} "
+                                     "does not exist; create it or choose another lease path")
         # Prove we can do what every renew does: open the lock file and write into the directory.
         try:
             fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, self.mode)

@@ -1,0 +1,53 @@
+# Demo and development shortcuts. `make demo` installs and runs one replica; run it in several
+# terminals (or `make demo-parallel`) to watch the election and the failover.
+PYTHON ?= python3
+TMUX_BIN ?= tmux
+SESSION ?= singleton-jobs-demo
+DEMO_ARGS ?=
+DEMO := $(PYTHON) -m singleton_jobs demo $(DEMO_ARGS)
+
+.PHONY: install demo run demo-parallel kill-demo tmux-check test lint type bench
+
+install:
+	$(PYTHON) -m pip install -q -e .
+
+demo: install run
+
+run:
+	$(DEMO)
+
+tmux-check:
+	@command -v $(TMUX_BIN) >/dev/null 2>&1 || { \
+	  echo "tmux is not installed: install it (apt-get install tmux, brew install tmux)"; \
+	  echo "or run 'make run' in three terminals instead."; exit 1; }
+
+demo-parallel: tmux-check install
+	-@$(TMUX_BIN) kill-session -t $(SESSION) 2>/dev/null
+	$(TMUX_BIN) new-session -d -s $(SESSION) -x 160 -y 48 '$(DEMO)'
+	$(TMUX_BIN) set-option -t $(SESSION) remain-on-exit on
+	$(TMUX_BIN) split-window -t $(SESSION) '$(DEMO)'
+	$(TMUX_BIN) split-window -t $(SESSION) '$(DEMO)'
+	$(TMUX_BIN) select-layout -t $(SESSION) even-vertical
+	@if [ -t 1 ]; then $(TMUX_BIN) attach -t $(SESSION); \
+	else echo "three replicas run in tmux session $(SESSION): tmux attach -t $(SESSION)"; fi
+
+# Ctrl+C first, so each replica releases the lease, then close the tmux session.
+kill-demo:
+	-@pkill -INT -f 'singleton_jobs demo' && sleep 1
+	-@$(TMUX_BIN) kill-session -t $(SESSION) 2>/dev/null
+	@echo "demo stopped"
+
+test:
+	$(PYTHON) -m pip install -q -e ".[test]"
+	$(PYTHON) -m pytest
+
+lint:
+	ruff check singleton_jobs tests examples benchmarks
+
+type:
+	mypy --strict singleton_jobs
+
+bench:
+	$(PYTHON) benchmarks/leader_only_overhead.py
+	$(PYTHON) benchmarks/failover.py
+	$(PYTHON) benchmarks/import_time.py

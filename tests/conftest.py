@@ -1,0 +1,110 @@
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from singleton_jobs import FileLeaseStore, MemoryLeaseStore
+from singleton_jobs.backends import LeaseStore
+
+HERE = Path(__file__).resolve().parent
+
+# Sub-second timings for in-process tests: a follower takes over 0.5 s after the last change
+# it saw; the leader gives up 0.3 s after its last good renew.
+FAST = {"lease_duration": 0.5, "renew_deadline": 0.3, "retry_period": 0.05}
+
+
+def wait_until(predicate: Callable[[], object], timeout: float, interval: float = 0.005) -> bool:
+    """Poll ``predicate`` until it is truthy or ``timeout`` passes; return its last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)
+
+
+@pytest.fixture(params=["memory", "file"])
+def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], LeaseStore]:
+    """Makes stores that all share one lease: the conformance suite runs against each backend."""
+    if request.param == "memory":
+        shared = MemoryLeaseStore()
+        return lambda: shared
+    path = tmp_path / "conformance.lease"
+    return lambda: FileLeaseStore(path)
+
+
+@pytest.fixture
+def store(store_factory: Callable[[], LeaseStore]) -> LeaseStore:
+    return store_factory()
+
+
+class Process:
+    """A child process whose stdout lines are collected, with the monotonic time each arrived."""
+
+    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
+        self.popen = subprocess.Popen(
+            args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+            env=env, encoding="utf-8")
+        self.lines: list[tuple[float, str]] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def _read(self) -> None:
+        assert self.popen.stdout is not None
+        for line in self.popen.stdout:
+            self.lines.append((time.monotonic(), line.rstrip("\n")))
+
+    def output(self) -> str:
+        return "\n".join(line for _, line in self.lines)
+
+    def wait_for_line(self, predicate: Callable[[str], bool], timeout: float,
+                      after: int = 0) -> str | None:
+        found: list[str] = []
+
+        def check() -> bool:
+            for _, line in self.lines[after:]:
+                if predicate(line):
+                    found.append(line)
+                    return True
+            return False
+
+        wait_until(check, timeout)
+        return found[0] if found else None
+
+    def signal(self, signum: int) -> None:
+        if self.popen.poll() is None:
+            os.kill(self.pid, signum)
+
+    def kill(self) -> None:
+        self.signal(signal.SIGCONT)
+        self.signal(signal.SIGKILL)
+        self.popen.wait(10)
+        self._reader.join(5)
+
+
+@pytest.fixture
+def spawn() -> Iterator[Callable[..., Process]]:
+    """Start real child processes; every one is killed when the test ends."""
+    started: list[Process] = []
+
+    def start(*args: str, env: dict[str, str] | None = None) -> Process:
+        process = Process([sys.executable, *args], env=env)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.kill()
