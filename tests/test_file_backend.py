@@ -322,3 +322,13 @@ def test_processes_racing_on_one_file_have_exactly_one_winner(tmp_path: Path,
     winners = [name for name, won in outcomes.items() if won]
     assert len(winners) == 1
     assert parse_record(Path(path).read_bytes()).holder == winners[0]
+
+
+def test_default_directory_without_runtime_dir_is_in_the_home_cache(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    directory = Path(default_lease_dir())
+    assert directory == tmp_path / ".cache" / "singleton_jobs"
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o700

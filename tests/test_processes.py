@@ -8,6 +8,7 @@ and some replica runs the job soon after the leader dies.
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -169,3 +170,24 @@ def test_restarted_replicas_keep_tokens_increasing_over_many_failovers(cluster: 
     runs = cluster.runs()
     assert_no_overlap(runs)
     assert len(assert_tokens_increase(runs)) == 4
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a live process, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_leader_and_follower_at_default_timings_use_almost_no_cpu(
+        spawn: Callable[..., Process], tmp_path: Path) -> None:
+    replicas = [spawn(str(HERE / "contender.py"), str(tmp_path / "idle.lease"),
+                      str(tmp_path / "journal"), "--lease-duration", "15", "--renew-deadline",
+                      "10", "--retry-period", "2", "--job-every", "1") for _ in range(2)]
+    for replica in replicas:
+        assert replica.wait_for_line(lambda line: line.startswith("STARTED"), 20)
+    assert wait_until(lambda: read_journal(tmp_path / "journal"), 10)
+    before = [cpu_seconds(r.pid) for r in replicas]
+    time.sleep(5)
+    used = [cpu_seconds(r.pid) - b for r, b in zip(replicas, before)]
+    # A busy loop would burn ~5 s here; renewing, polling and a job per second cost milliseconds.
+    assert max(used) < 0.15, f"CPU seconds over 5 s: {used}"

@@ -53,17 +53,22 @@ DEFAULT_FILE_NAME = "leader.lease"
 def default_lease_dir() -> str:
     """A per-user directory, mode 0700, that nobody else can write to.
 
-    ``$XDG_RUNTIME_DIR/singleton_jobs`` when that is set, else
-    ``<tempdir>/singleton_jobs-<uid>``; created if missing, and refused if it is a symlink,
+    ``$XDG_RUNTIME_DIR/singleton_jobs`` when that is set, else ``singleton_jobs`` in
+    ``$XDG_CACHE_HOME`` or ``~/.cache``; only when there is no usable home directory,
+    ``<tempdir>/singleton_jobs-<uid>``. Created if missing, and refused if it is a symlink,
     belongs to another user or is open to others (the classic ``/tmp`` attack).
 
     :raises ConfigurationError: the directory exists but is not safe to use.
     """
     runtime = os.environ.get("XDG_RUNTIME_DIR")
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser(os.path.join("~", ".cache"))
     if runtime and os.path.isdir(runtime):
         directory = os.path.join(runtime, "singleton_jobs")
+    elif os.path.isdir(os.path.dirname(cache)) and os.access(os.path.dirname(cache), os.W_OK):
+        os.makedirs(cache, 0o700, exist_ok=True)
+        directory = os.path.join(cache, "singleton_jobs")
     else:
-        import tempfile  # deferred: only needed for the default path
+        import tempfile  # deferred: only needed without a home directory
 
         directory = os.path.join(tempfile.gettempdir(), f"singleton_jobs-{os.geteuid()}")
     with contextlib.suppress(FileExistsError):
