@@ -133,6 +133,7 @@ class Elector:
         self._callbacks = queue.SimpleQueue()
         self._callback_thread: threading.Thread | None = None
         self._last_error = ""
+        self._listeners: list[Callable[[bool], Any]] = []
 
     def __repr__(self) -> str:
         state = "leader" if self.is_leader else "follower"
@@ -167,6 +168,15 @@ class Elector:
     @property
     def running(self) -> bool:
         return self._running
+
+    def add_leadership_listener(self, listener: Callable[[bool], Any]) -> None:
+        """Call ``listener(True)`` whenever this replica starts leading, ``listener(False)``
+        whenever it stops. Listeners run on the callback thread, after the callbacks given to
+        the constructor; integrations (the APScheduler job store) use this."""
+        self._listeners = [*self._listeners, listener]
+
+    def remove_leadership_listener(self, listener: Callable[[bool], Any]) -> None:
+        self._listeners = [existing for existing in self._listeners if existing != listener]
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -339,6 +349,18 @@ class Elector:
     def _try_acquire_or_renew(self, timeout: float) -> str:
         now = self._wall()
         try:
+            if self._leading:
+                # Fast path, as in client-go: a leader assumes the record is still the one it
+                # wrote and renews with one write. A conflict means something changed: read it.
+                cached = self._snapshot
+                if cached is not None and cached[0].holder == self.identity:
+                    record = cached[0]._replace(lease_duration=self.lease_duration,
+                                                renew_time=now)
+                    new_version = self.store.update(record, cached[1], timeout=timeout)
+                    if new_version is not None:
+                        self._last_error = ""
+                        self._observe(record, new_version)
+                        return _LEADING
             snapshot = self.store.get(timeout=timeout)
             if snapshot is None:
                 record = LeaseRecord(self.identity, self.lease_duration, now, now,
@@ -395,6 +417,8 @@ class Elector:
         logger.info("%s: became leader of %s (fencing token %s)", self.identity,
                     self.store.name, self._term.transitions if self._term else "?")
         self._notify("on_started_leading", self.on_started_leading)
+        for listener in self._listeners:
+            self._notify("leadership listener", listener, True)
 
     def _step_down(self, reason: str, level: int = logging.WARNING) -> None:
         with self._changed:
@@ -405,6 +429,8 @@ class Elector:
         if was_leading:
             logger.log(level, "%s: stopped leading %s: %s", self.identity, self.store.name, reason)
             self._notify("on_stopped_leading", self.on_stopped_leading)
+            for listener in self._listeners:
+                self._notify("leadership listener", listener, False)
 
     def _release(self) -> None:
         """Give the lease up if the store still names us, so a follower takes over at once."""

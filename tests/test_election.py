@@ -424,3 +424,51 @@ def test_followers_poll_about_once_per_retry_period(electors: list[Elector]) -> 
     time.sleep(1.05)
     # One poll per 0.1-0.12 s: no busy loop, no long silence.
     assert 7 <= len(calls) <= 12
+
+
+def test_steady_state_renew_is_one_write_and_no_read(electors: list[Elector]) -> None:
+    reads = []
+
+    class CountingStore(ScriptedStore):
+        def get(self, *, timeout: float = 0.0) -> Snapshot | None:
+            reads.append(1)
+            return super().get(timeout=timeout)
+
+    store = CountingStore()
+    elector = make(electors, store, "cheap").start()
+    assert elector.wait_for_leadership(5)
+    reads_then, writes_then = len(reads), len(store.writes)
+    assert wait_until(lambda: len(store.writes) >= writes_then + 10, 5)
+    assert len(reads) == reads_then
+
+
+def test_leader_whose_cached_version_is_stale_reads_and_keeps_leading(
+        electors: list[Elector]) -> None:
+    store = ScriptedStore()
+    elector = make(electors, store, "me", lease_duration=5.0, renew_deadline=3.0,
+                   retry_period=0.05).start()
+    assert elector.wait_for_leadership(5)
+    snapshot = store.get()
+    assert snapshot is not None
+    # Someone rewrites our own record (same holder): the fast path conflicts, the slow path
+    # reads the new version and renews it.
+    store.update(snapshot[0]._replace(renew_time=1.0), snapshot[1])
+    writes = len(store.writes)
+    assert wait_until(lambda: len(store.writes) >= writes + 3, 5)
+    assert elector.is_leader and store.record is not None and store.record.holder == "me"
+
+
+def test_leadership_listeners_hear_every_change(electors: list[Elector]) -> None:
+    store = ScriptedStore()
+    heard: list[bool] = []
+    elector = make(electors, store, "listened")
+    elector.add_leadership_listener(heard.append)
+    elector.start()
+    assert elector.wait_for_leadership(5)
+    store.failing = True
+    assert wait_until(lambda: heard == [True, False], 5)
+    elector.remove_leadership_listener(heard.append)
+    store.failing = False
+    assert elector.wait_for_leadership(5)
+    time.sleep(0.1)
+    assert heard == [True, False]

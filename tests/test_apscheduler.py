@@ -1,0 +1,432 @@
+"""LeaderOnlyJobStore with real APScheduler schedulers, real processes and a real SQLite file."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from aps_jobs import record_run, record_run_async
+from conftest import FAST, HERE, Process, wait_until
+
+from singleton_jobs import ConfigurationError, Elector, MemoryLeaseStore
+
+apscheduler = pytest.importorskip("apscheduler")  # installed by the test extra
+
+from apscheduler.executors.pool import ProcessPoolExecutor  # noqa: E402
+from apscheduler.jobstores.memory import MemoryJobStore  # noqa: E402
+from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore  # noqa: E402
+from apscheduler.schedulers.asyncio import AsyncIOScheduler  # noqa: E402
+from apscheduler.schedulers.background import BackgroundScheduler  # noqa: E402
+
+from singleton_jobs.apscheduler import (  # noqa: E402
+    EVENT_JOB_SKIPPED_NOT_LEADER,
+    EVENT_LEADERSHIP_ALL,
+    EVENT_LEADERSHIP_GAINED,
+    EVENT_LEADERSHIP_LOST,
+    LeaderOnlyJobStore,
+)
+
+INTERVAL = 0.5
+
+
+def bodies(journal: Path) -> list[tuple[int, str, float, float]]:
+    """Runs of aps_jobs.record_run: (pid, label, start, end)."""
+    if not journal.exists():
+        return []
+    rows = []
+    for line in journal.read_text().splitlines():
+        pid, label, start, end = line.split()
+        rows.append((int(pid), label, float(start), float(end)))
+    return rows
+
+
+def events(journal: Path, kind: str = "RUN") -> list[tuple[int, str, float]]:
+    """Journal lines of scheduler_replica.py: (pid, job id, scheduled time) of one kind."""
+    if not journal.exists():
+        return []
+    rows = []
+    for line in journal.read_text().splitlines():
+        pid, what, job_id, scheduled = line.split()
+        if what == kind:
+            rows.append((int(pid), job_id, float(scheduled)))
+    return rows
+
+
+# -- in-process: one scheduler, an elector we control ------------------------------------------
+
+
+class Leadership:
+    """An elector on a memory lease that a test can make lead or follow."""
+
+    def __init__(self) -> None:
+        self.store = MemoryLeaseStore()
+        self.rival = Elector(self.store, identity="rival", **FAST)  # type: ignore[arg-type]
+        self.elector = Elector(self.store, identity="me", **FAST)  # type: ignore[arg-type]
+
+    def follow(self) -> None:
+        self.rival.start()
+        assert self.rival.wait_for_leadership(5)
+        self.elector.start()
+        assert wait_until(lambda: self.elector.leader == "rival", 5)
+
+    def lead(self) -> None:
+        self.rival.stop()
+        self.elector.start()
+        assert self.elector.wait_for_leadership(5)
+
+    def stop(self) -> None:
+        self.rival.stop()
+        self.elector.stop()
+
+
+@pytest.fixture
+def leadership() -> Iterator[Leadership]:
+    made = Leadership()
+    yield made
+    made.stop()
+
+
+@pytest.fixture
+def scheduler() -> Iterator[BackgroundScheduler]:
+    made = BackgroundScheduler(timezone=timezone.utc)
+    yield made
+    if made.running:
+        made.shutdown(wait=False)
+
+
+def test_leader_runs_jobs_and_a_follower_does_not(
+        leadership: Leadership, scheduler: BackgroundScheduler, tmp_path: Path) -> None:
+    leadership.follow()
+    journal = tmp_path / "runs"
+    scheduler.add_jobstore(LeaderOnlyJobStore(leadership.elector), "leader")
+    scheduler.add_job(record_run, "interval", seconds=0.1, args=[str(journal)], jobstore="leader")
+    scheduler.start()
+    time.sleep(0.6)
+    assert bodies(journal) == []
+    leadership.lead()
+    assert wait_until(lambda: len(bodies(journal)) >= 3, 5)
+
+
+def test_leadership_gained_wakes_the_scheduler_within_one_retry_period(
+        leadership: Leadership, scheduler: BackgroundScheduler, tmp_path: Path) -> None:
+    leadership.follow()
+    journal = tmp_path / "runs"
+    db = tmp_path / "jobs.sqlite"
+    scheduler.add_jobstore(LeaderOnlyJobStore(leadership.elector,
+                                              SQLAlchemyJobStore(url=f"sqlite:///{db}")), "leader")
+    scheduler.start()
+    # Due in the past, in a shared store: a follower sleeps (no next run time) instead of spinning.
+    scheduler.add_job("aps_jobs:record_run", "date", args=[str(journal)], jobstore="leader",
+                      run_date=datetime.now(timezone.utc) - timedelta(seconds=0.5),
+                      misfire_grace_time=60)
+    time.sleep(0.5)
+    assert bodies(journal) == []
+    leadership.rival.stop()
+    assert leadership.elector.wait_for_leadership(5)
+    gained = time.monotonic()
+    assert wait_until(lambda: bodies(journal), 5)
+    assert bodies(journal)[0][2] - gained < FAST["retry_period"] + 0.5
+
+
+def test_follower_of_a_shared_store_never_writes_to_it(
+        leadership: Leadership, scheduler: BackgroundScheduler, tmp_path: Path) -> None:
+    from sqlalchemy import create_engine, event
+
+    engine = create_engine(f"sqlite:///{tmp_path / 'jobs.sqlite'}")
+    writer = SQLAlchemyJobStore(engine=engine)
+    writer.start(BackgroundScheduler(timezone=timezone.utc), "setup")
+    other = BackgroundScheduler(timezone=timezone.utc, jobstores={"default": writer})
+    other.add_job("aps_jobs:record_run", "interval", seconds=0.1, args=[str(tmp_path / "x")])
+    statements: list[str] = []
+    event.listen(engine, "before_cursor_execute",
+                 lambda conn, cursor, statement, *rest: statements.append(statement))
+
+    leadership.follow()
+    scheduler.add_jobstore(LeaderOnlyJobStore(leadership.elector, SQLAlchemyJobStore(
+        engine=engine)), "leader")
+    scheduler.start()
+    time.sleep(1.0)  # ten due runs go by
+    writes = [s for s in statements if s.split()[0].upper() in ("INSERT", "UPDATE", "DELETE")]
+    assert writes == []
+    assert not (tmp_path / "x").exists()
+
+
+def test_per_replica_follower_advances_the_schedule_without_running(
+        leadership: Leadership, scheduler: BackgroundScheduler, tmp_path: Path) -> None:
+    leadership.follow()
+    journal = tmp_path / "runs"
+    skipped: list[object] = []
+    scheduler.add_listener(skipped.append, EVENT_JOB_SKIPPED_NOT_LEADER)
+    scheduler.add_jobstore(LeaderOnlyJobStore(leadership.elector, MemoryJobStore()), "leader")
+    job = scheduler.add_job(record_run, "interval", seconds=0.2, args=[str(journal)],
+                            jobstore="leader", misfire_grace_time=None)
+    scheduler.start()
+    time.sleep(1.1)
+    assert bodies(journal) == []
+    assert len(skipped) >= 4
+    assert job.id in {getattr(e, "job_id", None) for e in skipped}
+    next_run = scheduler.get_job(job.id).next_run_time
+    assert next_run > datetime.now(timezone.utc) - timedelta(seconds=0.05)
+    # The new leader continues the schedule: no backlog of the ~5 skipped runs replayed.
+    leadership.lead()
+    assert wait_until(lambda: bodies(journal), 5)
+    time.sleep(0.45)
+    assert len(bodies(journal)) <= 4
+
+
+def test_leadership_events_reach_scheduler_listeners(
+        leadership: Leadership, scheduler: BackgroundScheduler) -> None:
+    seen: list[int] = []
+    scheduler.add_listener(lambda e: seen.append(e.code), EVENT_LEADERSHIP_ALL)
+    scheduler.add_jobstore(LeaderOnlyJobStore(leadership.elector), "leader")
+    leadership.follow()
+    scheduler.start()
+    leadership.lead()
+    assert wait_until(lambda: seen == [EVENT_LEADERSHIP_GAINED], 5)
+    leadership.elector.stop()
+    assert wait_until(lambda: seen == [EVENT_LEADERSHIP_GAINED, EVENT_LEADERSHIP_LOST], 5)
+
+
+def test_running_job_finishes_after_leadership_loss_and_no_new_run_starts(
+        leadership: Leadership, scheduler: BackgroundScheduler, tmp_path: Path) -> None:
+    journal = tmp_path / "runs"
+    leadership.lead()
+    scheduler.add_jobstore(LeaderOnlyJobStore(leadership.elector), "leader")
+    scheduler.add_job(record_run, "interval", seconds=0.05, args=[str(journal), "slow", 0.8],
+                      jobstore="leader", max_instances=1)
+    started = threading.Event()
+    scheduler.add_listener(lambda e: started.set(), 2**15)  # EVENT_JOB_SUBMITTED
+    scheduler.start()
+    assert started.wait(5)
+    time.sleep(0.1)
+    lost_at = time.monotonic()
+    leadership.elector.stop()  # leadership lost while the 0.8 s run is in progress
+    assert wait_until(lambda: bodies(journal), 5)
+    time.sleep(0.5)
+    runs = bodies(journal)
+    assert len(runs) == 1 and runs[0][3] > lost_at  # it finished, after the loss
+    assert not [r for r in runs if r[2] > lost_at]
+
+
+def test_process_pool_executor_runs_leader_only_jobs(
+        leadership: Leadership, tmp_path: Path) -> None:
+    journal = tmp_path / "runs"
+    leadership.lead()
+    pool_scheduler = BackgroundScheduler(timezone=timezone.utc,
+                                         executors={"default": ProcessPoolExecutor(1)})
+    pool_scheduler.add_jobstore(LeaderOnlyJobStore(leadership.elector), "leader")
+    pool_scheduler.add_job(record_run, "interval", seconds=0.2, args=[str(journal)],
+                           jobstore="leader")
+    pool_scheduler.start()
+    try:
+        assert wait_until(lambda: bodies(journal), 10)
+        assert all(pid != os.getpid() for pid, *_ in bodies(journal))
+    finally:
+        pool_scheduler.shutdown()
+
+
+def test_asyncio_scheduler_runs_async_jobs_only_when_leading(
+        leadership: Leadership, tmp_path: Path) -> None:
+    journal = tmp_path / "runs"
+    leadership.follow()
+
+    async def scenario() -> tuple[int, int]:
+        scheduler = AsyncIOScheduler(timezone=timezone.utc)
+        scheduler.add_jobstore(LeaderOnlyJobStore(leadership.elector), "leader")
+        scheduler.add_job(record_run_async, "interval", seconds=0.1, args=[str(journal)],
+                          jobstore="leader")
+        scheduler.start()
+        await asyncio.sleep(0.5)
+        as_follower = len(bodies(journal))
+        await asyncio.get_running_loop().run_in_executor(None, leadership.lead)
+        await asyncio.sleep(0.6)
+        scheduler.shutdown(wait=False)
+        return as_follower, len(bodies(journal))
+
+    as_follower, total = asyncio.run(scenario())
+    assert as_follower == 0
+    assert total >= 3
+    assert {label for _, label, *_ in bodies(journal)} == {"async"}
+
+
+def test_shared_store_is_detected_and_can_be_overridden(tmp_path: Path) -> None:
+    elector = Elector(MemoryLeaseStore())
+    assert not LeaderOnlyJobStore(elector).shared
+    sql = SQLAlchemyJobStore(url=f"sqlite:///{tmp_path / 'x.sqlite'}")
+    assert LeaderOnlyJobStore(elector, sql).shared
+    assert not LeaderOnlyJobStore(elector, sql, shared=False).shared
+    assert LeaderOnlyJobStore(elector, MemoryJobStore(), shared=True).shared
+
+
+def test_wrong_arguments_are_clear_errors() -> None:
+    elector = Elector(MemoryLeaseStore())
+    with pytest.raises(ConfigurationError, match="needs an Elector"):
+        LeaderOnlyJobStore("elector")  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="wraps an APScheduler 3 job store"):
+        LeaderOnlyJobStore(elector, object())  # type: ignore[arg-type]
+
+
+def test_follower_scheduler_does_not_spin_on_an_overdue_shared_job(
+        leadership: Leadership, scheduler: BackgroundScheduler, tmp_path: Path) -> None:
+    leadership.follow()
+    store = SQLAlchemyJobStore(url=f"sqlite:///{tmp_path / 'jobs.sqlite'}")
+    wrapped = LeaderOnlyJobStore(leadership.elector, store)
+    scheduler.add_jobstore(wrapped, "leader")
+    scheduler.start()
+    scheduler.add_job("aps_jobs:record_run", "date", args=[str(tmp_path / "x")],
+                      run_date=datetime.now(timezone.utc) - timedelta(seconds=5),
+                      jobstore="leader", misfire_grace_time=3600)
+    calls = []
+    original = store.get_due_jobs
+    store.get_due_jobs = lambda now: calls.append(now) or original(now)  # type: ignore[method-assign]
+    time.sleep(1.0)
+    assert calls == []  # a follower does not even look at the shared store
+    assert wrapped.get_next_run_time() is None
+
+
+# -- real processes -------------------------------------------------------------------------
+
+
+class Fleet:
+    def __init__(self, spawn: Callable[..., Process], tmp_path: Path, *extra: str) -> None:
+        self.spawn = spawn
+        self.tmp_path = tmp_path
+        self.journal = tmp_path / "journal"
+        self.extra = extra
+        self.replicas: dict[int, Process] = {}
+
+    def start(self, count: int = 1) -> list[Process]:
+        started = []
+        for _ in range(count):
+            process = self.spawn(
+                str(HERE / "scheduler_replica.py"), str(self.tmp_path / "lease"),
+                str(self.journal), "--db", str(self.tmp_path / "jobs.sqlite"), *self.extra)
+            assert process.wait_for_line(lambda line: line.startswith("STARTED"), 30), \
+                process.output()
+            self.replicas[process.pid] = process
+            started.append(process)
+        return started
+
+    def runs(self, job_id: str = "leader-job") -> list[tuple[int, str, float]]:
+        return sorted((r for r in events(self.journal) if r[1] == job_id), key=lambda r: r[2])
+
+    def leader_pid(self, since: float = 0.0, other_than: int = 0) -> int:
+        found: list[int] = []
+
+        def check() -> bool:
+            found[:] = [pid for pid, _, scheduled in self.runs()
+                        if scheduled > since and pid != other_than]
+            return bool(found)
+
+        assert wait_until(check, 20), "no replica ran the leader-only job"
+        return found[0]
+
+
+def assert_each_run_once_and_count_matches_one_scheduler(runs: list[tuple[int, str, float]],
+                                                         gap_runs: int) -> None:
+    times = [scheduled for _, _, scheduled in runs]
+    assert len(times) == len(set(times)), "a scheduled run time was executed twice"
+    possible = round((times[-1] - times[0]) / INTERVAL) + 1
+    assert possible - gap_runs <= len(times) <= possible
+
+
+@pytest.mark.parametrize("store", ["sqlalchemy", "memory"])
+def test_three_replicas_run_each_scheduled_time_once_and_fail_over(
+        spawn: Callable[..., Process], tmp_path: Path, store: str) -> None:
+    fleet = Fleet(spawn, tmp_path, "--store", store)
+    fleet.start(1)
+    first = fleet.leader_pid()
+    fleet.start(2)
+    time.sleep(2.0)
+    killed_at = time.time()
+    fleet.replicas[first].signal(signal.SIGKILL)
+    successor = fleet.leader_pid(since=killed_at, other_than=first)
+    time.sleep(2.0)
+    runs = fleet.runs()
+    assert {pid for pid, _, t in runs if t > killed_at} == {successor}
+    assert {pid for pid, _, t in runs if t <= killed_at - 0.2} == {first}
+    # The failover takes about one lease (2 s) + a retry: up to ~6 runs of 0.5 s fall in it.
+    assert_each_run_once_and_count_matches_one_scheduler(runs, gap_runs=8)
+    # The successor never replays the gap as a burst: consecutive runs are an interval apart.
+    after = [t for pid, _, t in runs if pid == successor]
+    assert all(b - a >= INTERVAL - 0.01 for a, b in zip(after, after[1:]))
+
+
+def test_per_replica_jobs_run_everywhere_and_leader_jobs_in_one_place(
+        spawn: Callable[..., Process], tmp_path: Path) -> None:
+    fleet = Fleet(spawn, tmp_path, "--store", "memory", "--per-replica-job")
+    fleet.start(3)
+    time.sleep(3.0)
+    local = {pid for pid, _, _ in fleet.runs("local-job")}
+    leader = {pid for pid, _, _ in fleet.runs("leader-job")}
+    assert local == set(fleet.replicas)
+    assert len(leader) == 1
+
+
+def test_blocking_scheduler_replicas_elect_one_runner(
+        spawn: Callable[..., Process], tmp_path: Path) -> None:
+    fleet = Fleet(spawn, tmp_path, "--store", "memory", "--blocking")
+    fleet.start(2)
+    first = fleet.leader_pid()
+    time.sleep(1.0)
+    stopped_at = time.time()
+    fleet.replicas[first].signal(signal.SIGTERM)  # graceful: the lease is released
+    assert fleet.replicas[first].popen.wait(15) == 0
+    successor = fleet.leader_pid(since=stopped_at, other_than=first)
+    assert successor != first
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_follower_scheduler_uses_almost_no_cpu(
+        spawn: Callable[..., Process], tmp_path: Path) -> None:
+    fleet = Fleet(spawn, tmp_path, "--store", "sqlalchemy", "--lease-duration", "15",
+                  "--renew-deadline", "10", "--retry-period", "2")
+    fleet.start(1)
+    leader = fleet.leader_pid()
+    follower = fleet.start(1)[0]
+    time.sleep(1.0)
+    before = cpu_seconds(follower.pid), cpu_seconds(leader)
+    time.sleep(10.0)
+    used = cpu_seconds(follower.pid) - before[0], cpu_seconds(leader) - before[1]
+    assert used[0] < 0.2, f"follower used {used[0]:.2f} CPU seconds in 10 s"
+    assert {pid for pid, _, _ in fleet.runs()} == {leader}
+
+
+def test_jobs_added_on_a_follower_are_run_by_the_leader(
+        leadership: Leadership, tmp_path: Path) -> None:
+    leadership.lead()
+    db = f"sqlite:///{tmp_path / 'jobs.sqlite'}"
+    leader = BackgroundScheduler(timezone=timezone.utc)
+    leader.add_jobstore(LeaderOnlyJobStore(leadership.elector, SQLAlchemyJobStore(url=db)),
+                        "leader")
+    leader.start()
+    follower_elector = Elector(leadership.store, identity="other", **FAST)  # type: ignore[arg-type]
+    follower = BackgroundScheduler(timezone=timezone.utc)
+    follower.add_jobstore(LeaderOnlyJobStore(follower_elector, SQLAlchemyJobStore(url=db)),
+                          "leader")
+    follower.start()
+    try:
+        time.sleep(0.3)
+        journal = tmp_path / "runs"
+        follower.add_job("aps_jobs:record_run", "date", args=[str(journal)], jobstore="leader",
+                         run_date=datetime.now(timezone.utc))
+        added = time.monotonic()
+        assert wait_until(lambda: bodies(journal), 5)
+        start = bodies(journal)[0][2]
+        assert start - added < FAST["retry_period"] + 0.5
+    finally:
+        follower.shutdown(wait=False)
+        leader.shutdown(wait=False)
+        follower_elector.stop()
+
