@@ -1,0 +1,139 @@
+"""Per-call overhead that ``@leader_only`` adds, on a leader and on a follower.
+
+Run from the repository root::
+
+    python benchmarks/leader_only_overhead.py [--repeat 9] [--number 300000]
+
+For each case the bare function and its wrapped form are timed in alternation,
+``--repeat`` times each with ``--number`` calls per timing; the minimum per-call time
+of each is kept. Cases: ``@leader_only(elector)`` on the leader (the body runs) and on
+a follower (the call is skipped), and bare ``@leader_only`` with
+:func:`set_default_elector` pointing at either. Target: under 1000 ns added per call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import timeit
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from singleton_jobs import Elector, MemoryLeaseStore, leader_only, set_default_elector
+
+TARGET_ADDED_NS = 1000.0
+
+
+def job() -> int:
+    """The guarded function: as cheap as possible so the guard's cost stands out."""
+    return 1
+
+
+@dataclass
+class Case:
+    name: str
+    wrapped: Callable[[], object]
+    default: Elector | None = None
+    """What :func:`set_default_elector` is set to while this case is timed."""
+    bare_ns: float = float("inf")
+    wrapped_ns: float = float("inf")
+
+    @property
+    def added_ns(self) -> float:
+        return self.wrapped_ns - self.bare_ns
+
+    @property
+    def ratio(self) -> float:
+        return self.wrapped_ns / self.bare_ns
+
+
+def per_call_ns(func: Callable[[], object], number: int) -> float:
+    """Nanoseconds per call of ``func()`` over ``number`` calls (GC off, as timeit)."""
+    timer = timeit.Timer("func()", globals={"func": func})
+    return timer.timeit(number) / number * 1e9
+
+
+def measure(cases: Sequence[Case], repeat: int, number: int) -> None:
+    """Time bare and wrapped in alternation, flipping which goes first every round."""
+    for round_index in range(repeat):
+        for case in cases:
+            set_default_elector(case.default)
+            bare_first = round_index % 2 == 0
+            for timing_bare in (bare_first, not bare_first):
+                if timing_bare:
+                    case.bare_ns = min(case.bare_ns, per_call_ns(job, number))
+                else:
+                    wrapped_ns = per_call_ns(case.wrapped, number)
+                    case.wrapped_ns = min(case.wrapped_ns, wrapped_ns)
+
+
+def start_electors() -> tuple[Elector, Elector]:
+    """A leader and a follower campaigning for the same in-memory lease."""
+    store = MemoryLeaseStore()
+    timings = {"lease_duration": 15, "renew_deadline": 10, "retry_period": 2}
+    leader = Elector(store, identity="bench-leader", **timings).start()
+    if not leader.wait_for_leadership(5):
+        leader.stop()
+        raise SystemExit("the first elector did not become leader within 5 s")
+    follower = Elector(store, identity="bench-follower", **timings).start()
+    return leader, follower
+
+
+def print_report(cases: Sequence[Case], repeat: int, number: int) -> None:
+    print(f"@leader_only overhead: min of {repeat} interleaved timings "
+          f"x {number:,} calls")
+    print()
+    header = (f"{'case':<34} {'bare ns':>9} {'wrapped ns':>11} {'added ns':>9} "
+              f"{'ratio':>7}")
+    print(header)
+    print("-" * len(header))
+    for case in cases:
+        print(f"{case.name:<34} {case.bare_ns:>9.1f} {case.wrapped_ns:>11.1f} "
+              f"{case.added_ns:>9.1f} {case.ratio:>6.2f}x")
+    print()
+    worst = max(cases, key=lambda case: case.added_ns)
+    verdict = "PASS" if worst.added_ns < TARGET_ADDED_NS else "FAIL"
+    print("Headline (bare and wrapped timed side by side in this run):")
+    for case in cases:
+        print(f"  {case.name:<34} wrapped/bare = {case.ratio:.2f}x "
+              f"(+{case.added_ns:.0f} ns per call)")
+    print(f"  worst added per call: {worst.added_ns:.0f} ns ({worst.name}); "
+          f"target < {TARGET_ADDED_NS:.0f} ns: {verdict}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Per-call overhead of @leader_only.")
+    parser.add_argument("--repeat", type=int, default=9,
+                        help="timings of each function per case; the minimum is kept")
+    parser.add_argument("--number", type=int, default=300_000, help="calls per timing")
+    args = parser.parse_args(argv)
+    if args.repeat < 1 or args.number < 1:
+        parser.error("--repeat and --number must be positive")
+
+    leader, follower = start_electors()
+    try:
+        if not leader.is_leader or follower.is_leader:
+            raise SystemExit(f"unexpected roles: leader.is_leader={leader.is_leader}, "
+                             f"follower.is_leader={follower.is_leader}")
+        cases = [
+            Case("@leader_only(elector), leader", leader_only(leader)(job)),
+            Case("@leader_only(elector), follower", leader_only(follower)(job)),
+            Case("@leader_only + default, leader", leader_only(job), default=leader),
+            Case("@leader_only + default, follower", leader_only(job),
+                 default=follower),
+        ]
+        measure(cases, args.repeat, args.number)
+        roles_held = leader.is_leader and not follower.is_leader
+    finally:
+        set_default_elector(None)
+        follower.stop()
+        leader.stop()
+
+    if not roles_held:
+        print("WARNING: roles changed during the run; figures may mix the leader "
+              "and follower paths")
+    print_report(cases, args.repeat, args.number)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
