@@ -13,19 +13,15 @@ from pathlib import Path
 
 import pytest
 from aps_jobs import record_run, record_run_async
+from apscheduler.executors.pool import ProcessPoolExecutor
+from apscheduler.jobstores.memory import MemoryJobStore
+from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.schedulers.background import BackgroundScheduler
 from conftest import FAST, HERE, Process, wait_until
 
 from singleton_jobs import ConfigurationError, Elector, MemoryLeaseStore
-
-apscheduler = pytest.importorskip("apscheduler")  # installed by the test extra
-
-from apscheduler.executors.pool import ProcessPoolExecutor  # noqa: E402
-from apscheduler.jobstores.memory import MemoryJobStore  # noqa: E402
-from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore  # noqa: E402
-from apscheduler.schedulers.asyncio import AsyncIOScheduler  # noqa: E402
-from apscheduler.schedulers.background import BackgroundScheduler  # noqa: E402
-
-from singleton_jobs.apscheduler import (  # noqa: E402
+from singleton_jobs.apscheduler import (
     EVENT_JOB_SKIPPED_NOT_LEADER,
     EVENT_LEADERSHIP_ALL,
     EVENT_LEADERSHIP_GAINED,

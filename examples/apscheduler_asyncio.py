@@ -1,0 +1,44 @@
+"""An asyncio service whose ``async def`` job runs on the leader only.
+
+    pip install "singleton_jobs[apscheduler]"
+    python examples/apscheduler_asyncio.py               # in two terminals
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from datetime import timezone
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from singleton_jobs import FileElector
+from singleton_jobs.apscheduler import LeaderOnlyJobStore
+
+
+async def refresh_exchange_rates(elector: FileElector) -> None:
+    await asyncio.sleep(0.1)  # stands for an HTTP call
+    print(f"[{os.getpid()}] rates refreshed (fencing token {elector.fencing_token})", flush=True)
+
+
+async def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    elector = FileElector(lease_duration=6, renew_deadline=4, retry_period=1)
+    scheduler = AsyncIOScheduler(timezone=timezone.utc)
+    # A per-replica MemoryJobStore (the default): followers keep the schedule moving.
+    scheduler.add_jobstore(LeaderOnlyJobStore(elector), "leader")
+    scheduler.add_job(refresh_exchange_rates, "interval", seconds=2, args=[elector],
+                      jobstore="leader")
+    scheduler.start()
+    try:
+        await asyncio.Event().wait()
+    finally:
+        scheduler.shutdown()
+
+
+if __name__ == "__main__":
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        pass

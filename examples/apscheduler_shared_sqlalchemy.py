@@ -1,0 +1,60 @@
+"""Several replicas share one SQLAlchemy job store; each scheduled run happens exactly once.
+
+    pip install "singleton_jobs[apscheduler]"
+    python examples/apscheduler_shared_sqlalchemy.py     # in two or three terminals
+
+Every replica runs the same scheduler. The report job lives in the shared store, wrapped in a
+LeaderOnlyJobStore: only the leader runs it, and after the leader dies the next one continues
+from the schedule stored in the database. The heartbeat job lives in the scheduler's ordinary
+memory store and runs on every replica.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from datetime import timezone
+
+from apscheduler.jobstores.base import ConflictingIdError
+from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from singleton_jobs import FileElector
+from singleton_jobs.apscheduler import LeaderOnlyJobStore
+
+# Every replica must point at the same database.
+DATABASE = os.environ.get("JOBS_DATABASE", "sqlite:///jobs.sqlite")
+
+
+def send_report() -> None:
+    print(f"[{os.getpid()}] sending the report (this replica leads)", flush=True)
+
+
+def heartbeat() -> None:
+    print(f"[{os.getpid()}] local heartbeat (every replica)", flush=True)
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    elector = FileElector(lease_duration=6, renew_deadline=4, retry_period=1)
+    scheduler = BackgroundScheduler(timezone=timezone.utc)
+    scheduler.add_jobstore(LeaderOnlyJobStore(elector, SQLAlchemyJobStore(url=DATABASE)),
+                           "leader")
+    scheduler.add_job(heartbeat, "interval", seconds=5)  # default store: runs everywhere
+    scheduler.start()  # also starts the elector
+    try:
+        # Shared store: add after start() and keep the schedule another replica already stored.
+        scheduler.add_job(send_report, "interval", seconds=3, id="report", jobstore="leader",
+                          coalesce=True, misfire_grace_time=10)
+    except ConflictingIdError:
+        pass
+    try:
+        while True:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        scheduler.shutdown()  # stops the elector too, releasing the lease
+
+
+if __name__ == "__main__":
+    main()
