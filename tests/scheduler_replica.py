@@ -17,6 +17,7 @@ import time
 from datetime import datetime, timezone
 
 from apscheduler.events import EVENT_JOB_EXECUTED, EVENT_JOB_MISSED
+from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.jobstores.base import ConflictingIdError
 from apscheduler.jobstores.memory import MemoryJobStore
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
@@ -46,6 +47,10 @@ def main() -> int:
     parser.add_argument("--lease-duration", type=float, default=2.0)
     parser.add_argument("--renew-deadline", type=float, default=1.0)
     parser.add_argument("--retry-period", type=float, default=0.1)
+    parser.add_argument("--grace", type=int, default=1, help="the job's misfire_grace_time")
+    parser.add_argument("--no-coalesce", action="store_true")
+    parser.add_argument("--die-on-submit", action="store_true",
+                        help="exit abruptly the moment the first run is handed to the executor")
     args = parser.parse_args()
 
     journal = os.open(args.journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
@@ -74,13 +79,21 @@ def main() -> int:
         inner = MemoryJobStore()
     scheduler_class = BlockingScheduler if args.blocking else BackgroundScheduler
     scheduler = scheduler_class(timezone=timezone.utc)
+    if args.die_on_submit:
+        class DyingExecutor(ThreadPoolExecutor):  # type: ignore[misc]
+            def _do_submit_job(self, job: object, run_times: list[datetime]) -> None:
+                write(f"SUBMITTED {getattr(job, 'id', '?')} {run_times[-1].timestamp():.3f}")
+                os._exit(3)  # dies between handing the run over and recording it as done
+
+        scheduler.add_executor(DyingExecutor(), "default")
     scheduler.add_jobstore(LeaderOnlyJobStore(elector, inner), "leader")
     scheduler.add_listener(on_event)
 
     def add_leader_job() -> None:
         scheduler.add_job("aps_jobs:record_run", "interval", seconds=args.interval,
                           start_date=EPOCH, args=[args.journal + ".bodies", "leader"],
-                          id="leader-job", jobstore="leader")
+                          id="leader-job", jobstore="leader", misfire_grace_time=args.grace,
+                          coalesce=not args.no_coalesce)
 
     if args.store == "memory":
         add_leader_job()

@@ -426,3 +426,78 @@ def test_jobs_added_on_a_follower_are_run_by_the_leader(
         leader.shutdown(wait=False)
         follower_elector.stop()
 
+
+
+@pytest.mark.parametrize(("coalesce", "grace", "outage"), [(False, 30, 0), (True, 30, 0),
+                                                           (False, 1, 1.5)])
+def test_runs_due_during_a_failover_follow_coalesce_and_misfire_rules(
+        tmp_path: Path, coalesce: bool, grace: int, outage: float) -> None:
+    """The successor treats the failover gap exactly as one scheduler treats a pause."""
+    from apscheduler.events import EVENT_JOB_EXECUTED, EVENT_JOB_MISSED
+
+    lease = MemoryLeaseStore()
+    db = f"sqlite:///{tmp_path / 'jobs.sqlite'}"
+    outcomes: list[tuple[str, str, float]] = []
+    replicas = []
+    for name in ("first", "second"):
+        elector = Elector(lease, identity=name, **FAST)  # type: ignore[arg-type]
+        scheduler = BackgroundScheduler(timezone=timezone.utc)
+        scheduler.add_jobstore(LeaderOnlyJobStore(elector, SQLAlchemyJobStore(url=db)), "leader")
+        scheduler.add_listener(
+            lambda e, name=name: outcomes.append(
+                (name, "run" if e.code == EVENT_JOB_EXECUTED else "missed",
+                 e.scheduled_run_time.timestamp())),
+            EVENT_JOB_EXECUTED | EVENT_JOB_MISSED)
+        replicas.append((elector, scheduler))
+    (first, first_scheduler), (second, second_scheduler) = replicas
+    first.start()
+    assert first.wait_for_leadership(5)
+    first_scheduler.start()
+    first_scheduler.add_job(record_run, "interval", seconds=0.1, args=[str(tmp_path / "runs")],
+                            id="tick", jobstore="leader", coalesce=coalesce,
+                            misfire_grace_time=grace)
+    try:
+        assert wait_until(lambda: len(outcomes) >= 5, 5)
+        first_scheduler.shutdown(wait=True)       # the leader dies: nothing releases the lease
+        first.stop(release=False)
+        died = max(t for _, _, t in outcomes)
+        time.sleep(outage)                        # no other replica is up for a while
+        second_scheduler.start()
+        assert second.wait_for_leadership(5)
+        assert wait_until(lambda: any(n == "second" and t > died + 1 for n, _, t in outcomes), 5)
+    finally:
+        second_scheduler.shutdown(wait=True)
+        second.stop()
+    times = [t for _, kind, t in outcomes if kind == "run"]
+    assert len(times) == len(set(times)), "a scheduled time ran twice"
+    gap = sorted(t for name, _, t in outcomes if name == "second")
+    gap = [t for t in gap if t < gap[0] + 0.35]  # the backlog handled at takeover
+    by_time = {t: kind for name, kind, t in outcomes if name == "second"}
+    if coalesce:
+        # All the missed times become one run: the next outcome is a whole interval later.
+        assert by_time[gap[0]] == "run" and gap[1] - gap[0] >= 0.09
+    elif outage == 0:
+        # Every missed time runs once, in order, none skipped.
+        all_times = sorted(set(times))
+        assert all(b - a < 0.11 for a, b in zip(all_times, all_times[1:]))
+    else:
+        # Runs more than the grace time late are reported as missed instead of run.
+        kinds = [kind for t, kind in sorted(by_time.items())]
+        assert kinds[:3] == ["missed"] * 3 and "run" in kinds
+
+
+def test_leader_killed_after_handing_a_run_over_is_not_repeated_by_its_successor(
+        spawn: Callable[..., Process], tmp_path: Path) -> None:
+    # Without coalescing and with a long grace time, the successor would run every stored run
+    # time it finds overdue: the run the dead leader had claimed must not be among them.
+    fleet = Fleet(spawn, tmp_path, "--store", "sqlalchemy", "--grace", "60", "--no-coalesce")
+    doomed = spawn(str(HERE / "scheduler_replica.py"), str(tmp_path / "lease"),
+                   str(fleet.journal), "--db", str(tmp_path / "jobs.sqlite"), "--grace", "60",
+                   "--no-coalesce", "--die-on-submit")
+    assert doomed.popen.wait(30) == 3, doomed.output()
+    (claimed,) = [t for _, job, t in events(fleet.journal, "SUBMITTED") if job == "leader-job"]
+    fleet.start(1)
+    assert wait_until(lambda: len(fleet.runs()) >= 3, 20)
+    runs = [t for _, _, t in fleet.runs()]
+    assert claimed not in runs
+    assert min(runs) == pytest.approx(claimed + INTERVAL, abs=0.01)
