@@ -185,6 +185,10 @@ class Elector:
         with self._changed:
             if self._running:
                 return self
+            previous = self._thread
+            if previous is not None and previous.is_alive():
+                raise SingletonJobsError(f"{self.identity}: the previous election thread is "
+                                         "still finishing a store call; try start() again later")
             self._running = True
         self._stopping.clear()
         self._wake.clear()
@@ -322,8 +326,10 @@ class Elector:
                 return
             outcome = self._try_acquire_or_renew(timeout=remaining)
             if outcome is _LEADING:
-                self._leading_until = max(self._leading_until,
-                                          last_attempt + self.renew_deadline)
+                with self._changed:  # stop() may have ended leadership while we renewed
+                    if not self._stopping.is_set():
+                        self._leading_until = max(self._leading_until,
+                                                  last_attempt + self.renew_deadline)
             elif outcome is _HELD:
                 holder = self._snapshot[0].holder if self._snapshot else "?"
                 self._step_down(f"lease taken by {holder}")
@@ -411,6 +417,8 @@ class Elector:
 
     def _become_leader(self, started: float) -> None:
         with self._changed:
+            if self._stopping.is_set():
+                return  # _run releases what we just acquired
             self._leading_until = started + self.renew_deadline
             self._leading = True
             self._changed.notify_all()
