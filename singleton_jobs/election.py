@@ -367,8 +367,16 @@ class Elector:
                         self._last_error = ""
                         self._observe(record, new_version)
                         return _LEADING
+            leading = self.is_leader
+            term = self._term
             snapshot = self.store.get(timeout=timeout)
             if snapshot is None:
+                last_holder = self._snapshot[0].holder if self._snapshot is not None else ""
+                if not leading and last_holder not in ("", self.identity) and \
+                        self._monotonic() < self._expires_at():
+                    # The record vanished (deleted by hand?) while its holder's lease still
+                    # runs: creating one now could make two leaders. Wait for the expiry.
+                    return _HELD
                 record = LeaseRecord(self.identity, self.lease_duration, now, now,
                                      self._highest_transitions + 1)
                 version = self.store.create(record, timeout=timeout)
@@ -380,7 +388,12 @@ class Elector:
             self._observe(current, version)
             if current.holder == self.identity:
                 record = current._replace(lease_duration=self.lease_duration,
-                                             renew_time=now)
+                                          renew_time=now)
+            elif leading and term is not None and not current.readable:
+                # Garbage written over our lease while we lead: nobody else can have taken it
+                # (they would have to wait out our lease and write a readable record), so
+                # writing our record back over it is safe and keeps the fleet led.
+                record = term._replace(lease_duration=self.lease_duration, renew_time=now)
             elif current.released or self._monotonic() >= self._expires_at():
                 record = LeaseRecord(self.identity, self.lease_duration, now, now,
                                      max(current.transitions, self._highest_transitions) + 1)

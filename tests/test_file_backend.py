@@ -332,3 +332,46 @@ def test_default_directory_without_runtime_dir_is_in_the_home_cache(
     directory = Path(default_lease_dir())
     assert directory == tmp_path / ".cache" / "singleton_jobs"
     assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+
+
+def _sample_leaders(electors: list[FileElector], seconds: float) -> list[set[str]]:
+    samples = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        samples.append({e.identity for e in electors if e.is_leader})
+        time.sleep(0.002)
+    return samples
+
+
+def test_garbage_written_over_a_running_leader_is_repaired_by_it(
+        tmp_path: Path, electors: list[FileElector]) -> None:
+    path = tmp_path / "vandalized.lease"
+    a = FileElector(path, identity="a", **FAST).start()  # type: ignore[arg-type]
+    electors.append(a)
+    assert a.wait_for_leadership(5)
+    token = a.fencing_token
+    b = FileElector(path, identity="b", **FAST).start()  # type: ignore[arg-type]
+    electors.append(b)
+    assert wait_until(lambda: b.leader == "a", 5)
+    path.write_bytes(b"\x00\x01 not a lease")
+    samples = _sample_leaders([a, b], 3 * FAST["lease_duration"])
+    assert all(leaders == {"a"} for leaders in samples)  # a kept leading throughout
+    assert parse_record(path.read_bytes()).holder == "a"
+    assert a.fencing_token == token
+
+
+def test_lease_file_deleted_under_a_running_leader_never_makes_two_leaders(
+        tmp_path: Path, electors: list[FileElector]) -> None:
+    path = tmp_path / "deleted.lease"
+    a = FileElector(path, identity="a", **FAST).start()  # type: ignore[arg-type]
+    electors.append(a)
+    assert a.wait_for_leadership(5)
+    followers = [FileElector(path, identity=name, **FAST).start()  # type: ignore[arg-type]
+                 for name in ("b", "c")]
+    electors.extend(followers)
+    assert wait_until(lambda: all(f.leader == "a" for f in followers), 5)
+    for _ in range(5):
+        path.unlink()
+        samples = _sample_leaders([a, *followers], 0.3)
+        assert all(len(leaders) <= 1 for leaders in samples)
+    assert wait_until(lambda: sum(e.is_leader for e in electors) == 1, 5)
