@@ -12,7 +12,6 @@ import argparse
 import os
 import signal
 import sys
-import threading
 import time
 from datetime import datetime, timezone
 
@@ -102,24 +101,31 @@ def main() -> int:
                           start_date=EPOCH, args=[args.journal + ".bodies", "local"],
                           id="local-job")
 
-    done = threading.Event()
+    # A flag, not a threading.Event: Event.set() in a signal handler can deadlock with the
+    # Event.wait() the handler interrupted (both take the same non-reentrant lock).
+    terminated: list[int] = []
 
     def on_term(signum: int, frame: object) -> None:
-        done.set()
+        terminated.append(signum)
         if args.blocking:
-            scheduler.shutdown(wait=False)
+            raise KeyboardInterrupt  # leaves BlockingScheduler.start(), as Ctrl+C does
 
     signal.signal(signal.SIGTERM, on_term)
     if args.blocking:
         print(f"STARTED {time.monotonic():.6f}", flush=True)
-    scheduler.start()  # BlockingScheduler returns only after shutdown
-    if args.store == "sqlalchemy":
-        try:
-            add_leader_job()
-        except ConflictingIdError:
-            pass  # another replica added it first: the shared schedule stands
-    print(f"STARTED {time.monotonic():.6f}", flush=True)
-    done.wait()
+    try:
+        scheduler.start()  # BlockingScheduler returns only after shutdown
+    except KeyboardInterrupt:
+        pass
+    if not args.blocking:
+        if args.store == "sqlalchemy":
+            try:
+                add_leader_job()
+            except ConflictingIdError:
+                pass  # another replica added it first: the shared schedule stands
+        print(f"STARTED {time.monotonic():.6f}", flush=True)
+        while not terminated:
+            time.sleep(0.05)
     if scheduler.running:
         scheduler.shutdown()
     elector.stop()
