@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import stat
@@ -375,3 +376,80 @@ def test_lease_file_deleted_under_a_running_leader_never_makes_two_leaders(
         samples = _sample_leaders([a, *followers], 0.3)
         assert all(len(leaders) <= 1 for leaders in samples)
     assert wait_until(lambda: sum(e.is_leader for e in electors) == 1, 5)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root (CI runs as root)")
+def test_lease_file_owned_by_another_user_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "planted.lease"
+    path.write_text("attacker:1700000000\n")
+    os.chown(path, 65534, 65534)
+    with pytest.raises(ConfigurationError, match="belongs to uid 65534, not to this user"):
+        FileLeaseStore(path)
+
+
+@pytest.fixture
+def tiny_filesystem(tmp_path: Path) -> Iterator[Path]:
+    mount_point = tmp_path / "tiny"
+    mount_point.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a filesystem needs root (CI runs as root)")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount_point)],
+                   check=True)
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=True)
+
+
+def test_disk_full_makes_the_leader_step_down_cleanly_and_recover(
+        tiny_filesystem: Path, electors: list[FileElector],
+        caplog: pytest.LogCaptureFixture) -> None:
+    stopped = []
+    elector = FileElector(tiny_filesystem / "full.lease", identity="cramped",
+                          on_stopped_leading=lambda: stopped.append(1), **FAST)  # type: ignore[arg-type]
+    electors.append(elector)
+    elector.start()
+    assert elector.wait_for_leadership(5)
+    filler = tiny_filesystem / "filler"
+    with contextlib.suppress(OSError), open(filler, "wb", buffering=0) as handle:
+        while True:
+            handle.write(b"\0" * 4096)
+    assert wait_until(lambda: stopped, 5)  # renewals fail with ENOSPC: it steps down
+    assert not elector.is_leader and elector.running
+    assert "No space left on device" in caplog.text
+    filler.unlink()
+    assert elector.wait_for_leadership(5)  # and leads again once there is room
+
+
+def test_filesystem_turning_read_only_makes_the_leader_step_down(
+        tiny_filesystem: Path, electors: list[FileElector],
+        caplog: pytest.LogCaptureFixture) -> None:
+    elector = FileElector(tiny_filesystem / "ro.lease", identity="frozen", **FAST)  # type: ignore[arg-type]
+    electors.append(elector)
+    elector.start()
+    assert elector.wait_for_leadership(5)
+    subprocess.run(["mount", "-o", "remount,ro", str(tiny_filesystem)], check=True)
+    try:
+        assert wait_until(lambda: not elector.is_leader, 5)
+        time.sleep(3 * FAST["retry_period"])
+        assert not elector.is_leader and elector.running
+        assert "Read-only file system" in caplog.text
+    finally:
+        subprocess.run(["mount", "-o", "remount,rw", str(tiny_filesystem)], check=True)
+    assert elector.wait_for_leadership(5)
+
+
+def test_wall_clock_jumps_change_nothing_about_who_leads(
+        tmp_path: Path, electors: list[FileElector]) -> None:
+    path = tmp_path / "clock.lease"
+    offsets = [0.0]
+    for name in ("a", "b", "c"):
+        elector = FileElector(path, identity=name, **FAST)  # type: ignore[arg-type]
+        elector._wall = lambda: time.time() + offsets[0]  # type: ignore[method-assign]
+        electors.append(elector.start())
+    assert wait_until(lambda: any(e.is_leader for e in electors), 5)
+    leader = next(e for e in electors if e.is_leader)
+    for offset in (3 * 3600.0, -5 * 3600.0, 7 * 3600.0, -3 * 3600.0, 0.0):
+        offsets[0] = offset
+        samples = _sample_leaders(electors, 0.4)
+        assert all(leaders == {leader.identity} for leaders in samples)

@@ -191,3 +191,45 @@ def test_leader_and_follower_at_default_timings_use_almost_no_cpu(
     used = [cpu_seconds(r.pid) - b for r, b in zip(replicas, before)]
     # A busy loop would burn ~5 s here; renewing, polling and a job per second cost milliseconds.
     assert max(used) < 0.15, f"CPU seconds over 5 s: {used}"
+
+
+EXITING_REPLICA = """
+import sys, time
+from singleton_jobs import FileElector, leader_only
+elector = FileElector(sys.argv[1], identity="exiting", lease_duration=30, renew_deadline=20,
+                      retry_period=0.1).start()
+assert elector.wait_for_leadership(10)
+
+@leader_only(elector)
+def job():
+    if sys.argv[2] == "exit":
+        sys.exit(0)
+    if sys.argv[2] == "raise":
+        raise RuntimeError("job bug")
+
+print("LEADING", flush=True)
+while True:
+    try:
+        job()
+    except RuntimeError:
+        assert elector.is_leader  # a raising job does not disturb the election
+        print("RAISED", flush=True)
+        break
+    time.sleep(0.01)
+while True:
+    time.sleep(0.01)
+"""
+
+
+@pytest.mark.parametrize("how", ["exit", "interrupt"])
+def test_process_leaving_by_sys_exit_or_ctrl_c_releases_the_lease(
+        spawn: Callable[..., Process], tmp_path: Path, how: str) -> None:
+    lease = tmp_path / "exit.lease"
+    process = spawn("-c", EXITING_REPLICA, str(lease), "exit" if how == "exit" else "raise")
+    if how == "interrupt":
+        assert process.wait_for_line(lambda line: line == "RAISED", 15), process.output()
+        process.signal(signal.SIGINT)
+    # An unhandled KeyboardInterrupt ends Python by re-raising SIGINT, after atexit handlers.
+    assert process.popen.wait(15) in (0, -signal.SIGINT), process.output()
+    # Released (holder ""), not left to expire for 30 s.
+    assert lease.read_text().startswith(":"), lease.read_text()

@@ -183,6 +183,11 @@ class FileLeaseStore(LeaseStore):
                                          f"such as {os.path.join(path, DEFAULT_FILE_NAME)}")
             if not stat.S_ISREG(info.st_mode):
                 raise ConfigurationError(f"lease path {path} is not a regular file")
+            if info.st_uid != os.geteuid():
+                # Whoever owns the file controls the election (the /tmp pre-creation attack).
+                raise ConfigurationError(f"lease file {path} belongs to uid {info.st_uid}, not to "
+                                         f"this user (uid {os.geteuid()}); refusing to trust it: "
+                                         "remove it or choose another lease path")
         if not os.path.isdir(parent):
             raise ConfigurationError(f"directory {parent} for lease file {os.path.basename(path)} "
                                      "does not exist; create it or choose another lease path")
