@@ -514,3 +514,24 @@ class LeaderElector(Protocol):
     def acquire_lease(self, timeout: float | None = None) -> bool: ...
 
     def monitor_lease(self, on_shutdown: Callable[[], Any] | None = None) -> None: ...
+
+
+def exit_on_sigterm() -> None:
+    """Make SIGTERM end the process the way Ctrl+C does, so running electors release.
+
+    Python's default SIGTERM action kills the process at once: no ``finally`` blocks, no
+    ``atexit``, so a leader's lease is not released and followers wait a whole
+    ``lease_duration``. Kubernetes and systemd stop processes with SIGTERM. Call this once from
+    the main thread at start-up; it raises ``SystemExit(143)`` on SIGTERM, which unwinds the main
+    thread and runs ``stop(release=True)`` on every elector still running. A handler that is
+    already installed is left alone.
+    """
+    import signal
+
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return
+
+    def terminate(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, terminate)

@@ -233,3 +233,27 @@ def test_process_leaving_by_sys_exit_or_ctrl_c_releases_the_lease(
     assert process.popen.wait(15) in (0, -signal.SIGINT), process.output()
     # Released (holder ""), not left to expire for 30 s.
     assert lease.read_text().startswith(":"), lease.read_text()
+
+
+SIGTERMED_REPLICA = """
+import sys, time
+from singleton_jobs import FileElector
+from singleton_jobs.election import exit_on_sigterm
+exit_on_sigterm()
+elector = FileElector(sys.argv[1], identity="terminated", lease_duration=30, renew_deadline=20,
+                      retry_period=0.1).start()
+assert elector.wait_for_leadership(10)
+print("LEADING", flush=True)
+while True:
+    time.sleep(0.01)
+"""
+
+
+def test_exit_on_sigterm_makes_sigterm_release_the_lease(
+        spawn: Callable[..., Process], tmp_path: Path) -> None:
+    lease = tmp_path / "term.lease"
+    process = spawn("-c", SIGTERMED_REPLICA, str(lease))
+    assert process.wait_for_line(lambda line: line == "LEADING", 15), process.output()
+    process.signal(signal.SIGTERM)
+    assert process.popen.wait(15) == 143, process.output()
+    assert lease.read_text().startswith(":"), lease.read_text()
