@@ -377,8 +377,9 @@ class Elector:
                     # The record vanished (deleted by hand?) while its holder's lease still
                     # runs: creating one now could make two leaders. Wait for the expiry.
                     return _HELD
+                floor = self.store.transitions_floor(timeout=timeout)
                 record = LeaseRecord(self.identity, self.lease_duration, now, now,
-                                     self._highest_transitions + 1)
+                                     max(self._highest_transitions, floor) + 1)
                 version = self.store.create(record, timeout=timeout)
                 if version is None:
                     return _CONFLICT
@@ -395,8 +396,10 @@ class Elector:
                 # writing our record back over it is safe and keeps the fleet led.
                 record = term._replace(lease_duration=self.lease_duration, renew_time=now)
             elif current.released or self._monotonic() >= self._expires_at():
-                record = LeaseRecord(self.identity, self.lease_duration, now, now,
-                                     max(current.transitions, self._highest_transitions) + 1)
+                highest = max(current.transitions, self._highest_transitions)
+                if not current.readable:  # its counter is lost: ask the store for a floor
+                    highest = max(highest, self.store.transitions_floor(timeout=timeout))
+                record = LeaseRecord(self.identity, self.lease_duration, now, now, highest + 1)
             else:
                 return _HELD
             new_version = self.store.update(record, version, timeout=timeout)

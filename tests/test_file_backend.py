@@ -142,10 +142,11 @@ def test_mode_argument_is_applied_exactly(tmp_path: Path, electors: list[FileEle
         elector = FileElector(tmp_path / "shared.lease", mode=0o640, **FAST).start()  # type: ignore[arg-type]
         electors.append(elector)
         assert elector.wait_for_leadership(5)
-        assert wait_until(lambda: len(os.listdir(tmp_path)) == 2, 2)  # renewed via a temp file
+        assert wait_until(lambda: len(os.listdir(tmp_path)) == 3, 2)  # lease, .lock, .fence
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "shared.lease").stat().st_mode) == 0o640
+    assert stat.S_IMODE((tmp_path / "shared.lease.fence").stat().st_mode) == 0o640
 
 
 def test_release_keeps_the_file_and_nothing_is_ever_deleted(
@@ -155,7 +156,7 @@ def test_release_keeps_the_file_and_nothing_is_ever_deleted(
     assert elector.wait_for_leadership(5)
     elector.stop()
     assert path.read_text().startswith(":")  # released: empty holder
-    assert sorted(os.listdir(tmp_path)) == ["kept.lease", "kept.lease.lock"]
+    assert sorted(os.listdir(tmp_path)) == ["kept.lease", "kept.lease.fence", "kept.lease.lock"]
 
 
 def test_lease_of_another_holder_is_not_touched_by_a_stopping_follower(
@@ -453,3 +454,24 @@ def test_wall_clock_jumps_change_nothing_about_who_leads(
         offsets[0] = offset
         samples = _sample_leaders(electors, 0.4)
         assert all(leaders == {leader.identity} for leaders in samples)
+
+
+@pytest.mark.parametrize("destroy", ["garbage", "delete"])
+def test_fencing_token_keeps_growing_after_the_lease_file_is_destroyed(
+        tmp_path: Path, electors: list[FileElector], destroy: str) -> None:
+    path = tmp_path / "destroyed.lease"
+    for round_ in range(3):  # three terms: tokens 0, 1, 2
+        elector = FileElector(path, identity=f"old-{round_}", **FAST)  # type: ignore[arg-type]
+        elector.start()
+        assert elector.wait_for_leadership(5)
+        elector.stop()
+    if destroy == "garbage":
+        path.write_bytes(b"\xff\xfe garbage")
+    else:
+        path.unlink()
+    # A replica that never saw the old counter takes over.
+    newcomer = FileElector(path, identity="newcomer", **FAST)  # type: ignore[arg-type]
+    electors.append(newcomer)
+    newcomer.start()
+    assert newcomer.wait_for_leadership(5)
+    assert newcomer.fencing_token == 3

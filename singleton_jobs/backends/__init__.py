@@ -59,6 +59,14 @@ class LeaseStore(abc.ABC):
         :raises ConfigurationError: the value cannot be represented.
         """
 
+    def transitions_floor(self, *, timeout: float) -> int:
+        """The highest ``transitions`` this store ever held, if it can tell without the record.
+
+        The elector asks only when the record is missing or unreadable, so that fencing tokens
+        keep growing even after the record was destroyed. -1 means "unknown".
+        """
+        return -1
+
     @property
     def name(self) -> str:
         """Where the lease lives, for log lines and error messages."""

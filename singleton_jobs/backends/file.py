@@ -157,6 +157,10 @@ class FileLeaseStore(LeaseStore):
 
         self.path = os.path.abspath(default_lease_path() if path is None else os.fspath(path))
         self.lock_path = self.path + ".lock"
+        # The highest transitions ever written, kept apart from the lease so that fencing tokens
+        # keep growing even if the lease file is deleted or overwritten.
+        self.fence_path = self.path + ".fence"
+        self._fence_written = -1
         self.mode = mode
         self._check_path()
         self._lock: filelock.BaseFileLock = filelock.FileLock(self.lock_path, mode=mode)
@@ -223,6 +227,9 @@ class FileLeaseStore(LeaseStore):
             return None
         return parse_record(data), data
 
+    def transitions_floor(self, *, timeout: float = 10.0) -> int:
+        return self._read_fence()
+
     def create(self, record: LeaseRecord, *, timeout: float = 10.0) -> Version | None:
         data = format_record(record)
         with self._locked(timeout):
@@ -242,6 +249,7 @@ class FileLeaseStore(LeaseStore):
             finally:
                 os.close(fd)
             self._sync_directory()
+            self._raise_fence(record.transitions)
         return data
 
     def update(self, record: LeaseRecord, version: Version, *,
@@ -250,7 +258,8 @@ class FileLeaseStore(LeaseStore):
         with self._locked(timeout):
             if self._read() != version:
                 return None
-            self._replace(data)
+            self._replace(self.path, data)
+            self._raise_fence(record.transitions)
         return data
 
     # -- file operations ------------------------------------------------------------------------
@@ -293,8 +302,32 @@ class FileLeaseStore(LeaseStore):
         finally:
             os.close(fd)
 
-    def _replace(self, data: bytes) -> None:
-        directory, name = os.path.split(self.path)
+    def _read_fence(self) -> int:
+        try:
+            fd = os.open(self.fence_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError:
+            return -1
+        try:
+            value = int(os.read(fd, 32).decode("ascii").strip())
+        except (OSError, ValueError, UnicodeDecodeError):
+            return -1
+        finally:
+            os.close(fd)
+        return value if value >= 0 else -1
+
+    def _raise_fence(self, transitions: int) -> None:
+        """Record ``transitions`` as the highest ever written (held under the lock)."""
+        if transitions <= self._fence_written:
+            return  # a renewal: nothing new to remember
+        if transitions > self._read_fence():
+            try:
+                self._replace(self.fence_path, b"%d\n" % transitions)
+            except LeaseStoreError:
+                return  # only a safety net: the lease itself carries the counter
+        self._fence_written = transitions
+
+    def _replace(self, path: str, data: bytes) -> None:
+        directory, name = os.path.split(path)
         tmp = os.path.join(directory, f".{name}.{os.urandom(4).hex()}.tmp")
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, self.mode)
@@ -304,7 +337,7 @@ class FileLeaseStore(LeaseStore):
                 os.fsync(fd)  # the data must be on disk before the rename makes it visible
             finally:
                 os.close(fd)
-            os.replace(tmp, self.path)
+            os.replace(tmp, path)
         except OSError as exc:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
