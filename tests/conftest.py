@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import subprocess
@@ -8,8 +9,10 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from k8s_api import FakeKubernetesApi
 
 from singleton_jobs import FileLeaseStore, MemoryLeaseStore
 from singleton_jobs.backends import LeaseStore
@@ -32,12 +35,55 @@ def wait_until(predicate: Callable[[], object], timeout: float, interval: float 
         time.sleep(interval)
 
 
-@pytest.fixture(params=["memory", "file"])
+@pytest.fixture(scope="session")
+def k8s_api_server() -> Iterator[FakeKubernetesApi]:
+    """One fake Kubernetes API server (tests/k8s_api.py) for the session, on real HTTP."""
+    with FakeKubernetesApi() as api:
+        yield api
+
+
+@pytest.fixture
+def k8s_api(k8s_api_server: FakeKubernetesApi) -> Iterator[FakeKubernetesApi]:
+    """The session's fake API server, without faults and with an empty request log."""
+    k8s_api_server.clear_faults()
+    k8s_api_server.clear_log()
+    yield k8s_api_server
+    k8s_api_server.clear_faults()
+
+
+_lease_numbers = itertools.count(1)
+
+
+def unique_lease_name(prefix: str = "lease") -> str:
+    """A Lease name no other test of this session uses."""
+    return f"{prefix}-{next(_lease_numbers)}"
+
+
+def k8s_api_client(url: str, agent: str | None = None) -> Any:
+    """A real ``kubernetes.client.ApiClient`` for the server at ``url``: only the host differs
+    from a client for a real cluster. ``agent`` sets its User-Agent, to tell clients apart in
+    the server's request log."""
+    from kubernetes import client
+
+    api_client = client.ApiClient(client.Configuration(host=url))
+    if agent is not None:
+        api_client.user_agent = agent
+    return api_client
+
+
+@pytest.fixture(params=["memory", "file", "kubernetes"])
 def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], LeaseStore]:
     """Makes stores that all share one lease: the conformance suite runs against each backend."""
     if request.param == "memory":
         shared = MemoryLeaseStore()
         return lambda: shared
+    if request.param == "kubernetes":
+        from singleton_jobs import KubernetesLeaseStore
+
+        api: FakeKubernetesApi = request.getfixturevalue("k8s_api")
+        name = unique_lease_name("conformance")
+        return lambda: KubernetesLeaseStore(name, namespace="default",
+                                            api_client=k8s_api_client(api.url))
     path = tmp_path / "conformance.lease"
     return lambda: FileLeaseStore(path)
 
