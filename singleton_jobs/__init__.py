@@ -6,11 +6,13 @@ lease is constructed, ``kubernetes`` and ``apscheduler`` only by the modules tha
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from .backends import LeaseStore
 from .backends.file import FileElector, FileLeaseStore, default_lease_dir, default_lease_path
 from .backends.memory import MemoryLeaseStore
 from .decorators import get_default_elector, leader_only, set_default_elector
-from .election import Elector, LeaderElector, check_timing
+from .election import Elector, LeaderElector, check_timing, exit_on_sigterm
 from .errors import (
     ConfigurationError,
     LeadershipLost,
@@ -20,6 +22,9 @@ from .errors import (
 )
 from .lease import LeaseRecord
 
+if TYPE_CHECKING:
+    from .backends.kubernetes import KubernetesElector, KubernetesLeaseStore
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -27,6 +32,8 @@ __all__ = [
     "Elector",
     "FileElector",
     "FileLeaseStore",
+    "KubernetesElector",
+    "KubernetesLeaseStore",
     "LeaderElector",
     "LeadershipLost",
     "LeaseRecord",
@@ -39,7 +46,18 @@ __all__ = [
     "check_timing",
     "default_lease_dir",
     "default_lease_path",
+    "exit_on_sigterm",
     "get_default_elector",
     "leader_only",
     "set_default_elector",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # The Kubernetes backend module is loaded on first use; the kubernetes package itself only
+    # when a store is constructed.
+    if name in ("KubernetesElector", "KubernetesLeaseStore"):
+        from .backends import kubernetes
+
+        return getattr(kubernetes, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -9,11 +9,17 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import SingletonJobsError
 
+if TYPE_CHECKING:
+    from .backends import LeaseStore
+    from .election import Elector
+
 _print_lock = threading.Lock()
+
+DEMO_LEASE_NAME = "singleton-jobs-demo"
 
 
 def log(message: str) -> None:
@@ -41,11 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="run one demo replica (start several to watch the election)",
         description="Run one replica: it campaigns for the lease, prints a heartbeat every "
                     "second and runs a leader-only job. Ctrl+C releases the lease.")
-    demo.add_argument("--backend", choices=["file"], default="file",
-                      help="where the lease lives (default: file)")
-    demo.add_argument("--lease-path", help="lease file (default: demo.lease in a per-user "
-                                           "directory, see `singleton-jobs status`)")
-    demo.add_argument("--identity", help="node id written into the lease (default: the PID)")
+    _add_lease_arguments(demo)
+    demo.add_argument("--identity", help="node id written into the lease (default: the PID; "
+                                         "with --backend kubernetes POD_NAME, else "
+                                         "hostname_pid_random)")
     demo.add_argument("--lease-duration", type=_seconds, default=6.0, metavar="SECONDS",
                       help="how long followers wait before taking over a silent leader "
                            "(default: 6)")
@@ -58,9 +63,21 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--heartbeat", type=_seconds, default=1.0, metavar="SECONDS",
                       help="time between status lines (default: 1)")
 
-    status = commands.add_parser("status", help="print who holds a lease file")
-    status.add_argument("--lease-path", help="lease file (default: the demo's)")
+    status = commands.add_parser("status", help="print who holds the demo's lease")
+    _add_lease_arguments(status)
     return parser
+
+
+def _add_lease_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backend", choices=["file", "kubernetes"], default="file",
+                        help="where the lease lives (default: file)")
+    parser.add_argument("--lease-path", help="file backend: the lease file (default: "
+                                             "demo.lease in a per-user directory)")
+    parser.add_argument("--lease-name", default=DEMO_LEASE_NAME,
+                        help=f"kubernetes backend: the Lease's name (default: {DEMO_LEASE_NAME})")
+    parser.add_argument("--namespace", help="kubernetes backend: the Lease's namespace (default: "
+                                            "the pod's, else the kubeconfig context's, else "
+                                            "default)")
 
 
 def _demo_path(path: str | None) -> str:
@@ -70,10 +87,16 @@ def _demo_path(path: str | None) -> str:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from .backends.file import FileElector
     from .decorators import leader_only
 
-    node = args.identity if args.identity is not None else str(os.getpid())
+    if args.identity is not None:
+        node = args.identity
+    elif args.backend == "kubernetes":
+        from .lease import default_identity
+
+        node = default_identity()  # every pod's PID may be 1: POD_NAME, else host and PID
+    else:
+        node = str(os.getpid())
     log(f"Starting leader election demo for node: {node}")
 
     def started() -> None:
@@ -87,20 +110,35 @@ def run_demo(args: argparse.Namespace) -> int:
         if identity != node:
             log(f"[{node}] New leader elected: {identity}")
 
-    elector = FileElector(
-        _demo_path(args.lease_path), identity=node, lease_duration=args.lease_duration,
-        renew_deadline=args.renew_deadline, retry_period=args.retry_period,
-        on_started_leading=started, on_stopped_leading=stopped, on_new_leader=new_leader)
+    timings = dict(lease_duration=args.lease_duration, renew_deadline=args.renew_deadline,
+                   retry_period=args.retry_period)
+    elector: Elector
+    if args.backend == "kubernetes":
+        from .backends.kubernetes import KubernetesElector
+
+        elector = KubernetesElector(
+            args.lease_name, namespace=args.namespace, identity=node, **timings,
+            on_started_leading=started, on_stopped_leading=stopped, on_new_leader=new_leader)
+        where = f"Lease: {elector.store.name} on {elector.store.host}"
+    else:
+        from .backends.file import FileElector
+
+        elector = FileElector(
+            _demo_path(args.lease_path), identity=node, **timings,
+            on_started_leading=started, on_stopped_leading=stopped, on_new_leader=new_leader)
+        where = f"Lease file: {elector.path}"
 
     @leader_only(elector)
     def warm_cache() -> None:
         log(f"🔥 [{node}] Running leader-only job: warming cache "
             f"(fencing token {elector.fencing_token})")
 
-    shutdown = threading.Event()
+    # A flag, not a threading.Event: Event.set() in a signal handler can deadlock with the
+    # Event.wait() it interrupted (both take the same non-reentrant lock).
+    signals: list[int] = []
 
     def on_signal(signum: int, frame: Any) -> None:
-        shutdown.set()
+        signals.append(signum)
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
@@ -108,9 +146,13 @@ def run_demo(args: argparse.Namespace) -> int:
 
     elector.start()
     log(f"✅ [{node}] Leader election started. Press Ctrl+C to stop")
-    log(f"[{node}] Lease file: {elector.path}")
+    log(f"[{node}] {where}")
+    scheduler = _schedule(elector, warm_cache, args.job_interval)
+    if scheduler is None:
+        log(f"[{node}] APScheduler is not installed: the job runs from a plain timer "
+            '(pip install "singleton_jobs[apscheduler]")')
     next_beat = next_job = time.monotonic()
-    while not shutdown.is_set():
+    while not signals:
         now = time.monotonic()
         if now >= next_beat:
             clock = time.strftime("%H:%M:%S")
@@ -119,30 +161,59 @@ def run_demo(args: argparse.Namespace) -> int:
             else:
                 log(f" [{node}] Status: FOLLOWER - Heartbeat at {clock}")
             next_beat += args.heartbeat
-        if now >= next_job:
+        if scheduler is None and now >= next_job:
             warm_cache()
             next_job += args.job_interval
-        shutdown.wait(max(min(next_beat, next_job) - time.monotonic(), 0.0))
+        upcoming = next_beat if scheduler is not None else min(next_beat, next_job)
+        time.sleep(min(max(upcoming - time.monotonic(), 0.0), 0.1))
     log(f"🛑 [{node}] Shutting down: releasing the lease")
+    if scheduler is not None:
+        scheduler.shutdown(wait=False)
     elector.stop(release=True)
     log(f"👋 [{node}] Stopped")
     return 0
 
 
-def run_status(args: argparse.Namespace) -> int:
-    from .backends.file import FileLeaseStore
+def _schedule(elector: Elector, job: Any, interval: float) -> Any:
+    """Run ``job`` every ``interval`` seconds on the leader through APScheduler, if installed."""
+    try:
+        from apscheduler.schedulers.background import BackgroundScheduler
 
-    store = FileLeaseStore(_demo_path(args.lease_path))
-    snapshot = store.get()
+        from .apscheduler import LeaderOnlyJobStore
+    except ImportError:
+        return None
+    import datetime
+
+    scheduler = BackgroundScheduler(timezone=datetime.timezone.utc)
+    scheduler.add_jobstore(LeaderOnlyJobStore(elector), "leader")
+    scheduler.add_job(job, "interval", seconds=interval, jobstore="leader", id="warm-cache",
+                      next_run_time=datetime.datetime.now(datetime.timezone.utc))
+    scheduler.start()
+    return scheduler
+
+
+def run_status(args: argparse.Namespace) -> int:
+    store: LeaseStore
+    if args.backend == "kubernetes":
+        from .backends.kubernetes import KubernetesLeaseStore
+
+        store = KubernetesLeaseStore(args.lease_name, namespace=args.namespace)
+        where = f"Lease {store.name} on {store.host}"
+    else:
+        from .backends.file import FileLeaseStore
+
+        store = FileLeaseStore(_demo_path(args.lease_path))
+        where = store.path
+    snapshot = store.get(timeout=10.0)
     if snapshot is None:
-        print(f"{store.path}: no lease yet")
+        print(f"{where}: no lease yet")
         return 0
     record = snapshot[0]
     if not record.readable:
         holder = "unreadable content (treated as held by nobody valid)"
     else:
         holder = record.holder or "nobody (released)"
-    print(f"{store.path}\n  holder:      {holder}\n  transitions: {record.transitions}\n"
+    print(f"{where}\n  holder:      {holder}\n  transitions: {record.transitions}\n"
           f"  renewed:     {time.time() - record.renew_time:.1f}s ago (by the writer's clock)")
     return 0
 
@@ -155,4 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_status(args)
     except SingletonJobsError as exc:
         print(f"singleton-jobs: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    except ImportError as exc:  # an optional dependency; the message names the extra
+        print(f"singleton-jobs: {exc}", file=sys.stderr)
         return 2

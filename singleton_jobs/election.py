@@ -354,6 +354,7 @@ class Elector:
 
     def _try_acquire_or_renew(self, timeout: float) -> str:
         now = self._wall()
+        left = self._time_left(timeout)
         try:
             if self._leading:
                 # Fast path, as in client-go: a leader assumes the record is still the one it
@@ -362,14 +363,14 @@ class Elector:
                 if cached is not None and cached[0].holder == self.identity:
                     record = cached[0]._replace(lease_duration=self.lease_duration,
                                                 renew_time=now)
-                    new_version = self.store.update(record, cached[1], timeout=timeout)
+                    new_version = self.store.update(record, cached[1], timeout=left())
                     if new_version is not None:
                         self._last_error = ""
                         self._observe(record, new_version)
                         return _LEADING
             leading = self.is_leader
             term = self._term
-            snapshot = self.store.get(timeout=timeout)
+            snapshot = self.store.get(timeout=left())
             if snapshot is None:
                 last_holder = self._snapshot[0].holder if self._snapshot is not None else ""
                 if not leading and last_holder not in ("", self.identity) and \
@@ -377,10 +378,10 @@ class Elector:
                     # The record vanished (deleted by hand?) while its holder's lease still
                     # runs: creating one now could make two leaders. Wait for the expiry.
                     return _HELD
-                floor = self.store.transitions_floor(timeout=timeout)
+                floor = self.store.transitions_floor(timeout=left())
                 record = LeaseRecord(self.identity, self.lease_duration, now, now,
                                      max(self._highest_transitions, floor) + 1)
-                version = self.store.create(record, timeout=timeout)
+                version = self.store.create(record, timeout=left())
                 if version is None:
                     return _CONFLICT
                 self._observe(record, version)
@@ -398,11 +399,11 @@ class Elector:
             elif current.released or self._monotonic() >= self._expires_at():
                 highest = max(current.transitions, self._highest_transitions)
                 if not current.readable:  # its counter is lost: ask the store for a floor
-                    highest = max(highest, self.store.transitions_floor(timeout=timeout))
+                    highest = max(highest, self.store.transitions_floor(timeout=left()))
                 record = LeaseRecord(self.identity, self.lease_duration, now, now, highest + 1)
             else:
                 return _HELD
-            new_version = self.store.update(record, version, timeout=timeout)
+            new_version = self.store.update(record, version, timeout=left())
         except Exception as exc:  # noqa: BLE001 - any store failure is a failed attempt
             message = f"{type(exc).__name__}: {exc}"
             level = logging.WARNING if message != self._last_error else logging.DEBUG
@@ -415,6 +416,11 @@ class Elector:
             return _CONFLICT
         self._observe(record, new_version)
         return _LEADING
+
+    def _time_left(self, timeout: float) -> Callable[[], float]:
+        """Split one ``timeout`` across the several store calls of one attempt."""
+        deadline = self._monotonic() + timeout
+        return lambda: max(deadline - self._monotonic(), 0.001)
 
     def _observe(self, record: LeaseRecord, version: Version) -> None:
         """Remember what the store holds; restart the expiry clock if it changed."""
@@ -463,16 +469,17 @@ class Elector:
         snapshot = self._snapshot
         if snapshot is None or snapshot[0].holder != self.identity:
             return
-        released = snapshot[0]._replace(holder="", lease_duration=1.0,
-                                       renew_time=self._wall(), acquire_time=self._wall())
-        timeout = self.renew_deadline
+        now = self._wall()
+        released = snapshot[0]._replace(holder="", lease_duration=1.0, renew_time=now,
+                                        acquire_time=now)
+        left = self._time_left(self.renew_deadline)
         try:
-            version = self.store.update(released, snapshot[1], timeout=timeout)
+            version = self.store.update(released, snapshot[1], timeout=left())
             if version is None:  # our cached version is stale (an ambiguous write): re-read
-                fresh = self.store.get(timeout=timeout)
+                fresh = self.store.get(timeout=left())
                 if fresh is None or fresh[0].holder != self.identity:
                     return
-                version = self.store.update(released, fresh[1], timeout=timeout)
+                version = self.store.update(released, fresh[1], timeout=left())
         except Exception as exc:  # noqa: BLE001 - release is best effort; the lease expires
             logger.warning("%s: could not release %s (it will expire instead): %s",
                            self.identity, self.store.name, exc)

@@ -1,5 +1,8 @@
 """A replica for the multi-process tests: campaigns on a lease file and runs a guarded job.
 
+With ``--kubernetes-api URL`` the lease is instead the Kubernetes Lease named ``path`` in
+``--namespace``, on the API server at URL (the fake one in tests/k8s_api.py).
+
 Every run of the ``@leader_only`` job appends ``pid token start end`` (monotonic seconds, which
 are comparable across processes on one Linux host) to the journal in one ``O_APPEND`` write.
 State changes are printed as ``LEADER <token> <t>`` / ``FOLLOWER <t>``; SIGTERM stops the
@@ -12,10 +15,10 @@ import argparse
 import os
 import signal
 import sys
-import threading
 import time
+from typing import Any
 
-from singleton_jobs import FileElector, leader_only
+from singleton_jobs import Elector, FileElector, KubernetesElector, leader_only
 
 
 def main() -> int:
@@ -27,17 +30,29 @@ def main() -> int:
     parser.add_argument("--retry-period", type=float, default=0.1)
     parser.add_argument("--job-every", type=float, default=0.01)
     parser.add_argument("--job-takes", type=float, default=0.002)
+    parser.add_argument("--kubernetes-api", metavar="URL",
+                        help="use the Lease named PATH on this Kubernetes API server")
+    parser.add_argument("--namespace", default="default")
     args = parser.parse_args()
 
     def say(text: str) -> None:
         sys.stdout.write(f"{text} {time.monotonic():.6f}\n")
         sys.stdout.flush()
 
-    elector = FileElector(
-        args.path, identity=f"contender-{os.getpid()}", lease_duration=args.lease_duration,
+    options: dict[str, Any] = dict(
+        identity=f"contender-{os.getpid()}", lease_duration=args.lease_duration,
         renew_deadline=args.renew_deadline, retry_period=args.retry_period,
         on_started_leading=lambda: say(f"LEADER {elector.fencing_token}"),
         on_stopped_leading=lambda: say("FOLLOWER"))
+    elector: Elector
+    if args.kubernetes_api:
+        from kubernetes import client
+
+        api_client = client.ApiClient(client.Configuration(host=args.kubernetes_api))
+        elector = KubernetesElector(args.path, namespace=args.namespace, api_client=api_client,
+                                    **options)
+    else:
+        elector = FileElector(args.path, **options)
     journal = os.open(args.journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
 
     @leader_only(elector)
@@ -48,11 +63,14 @@ def main() -> int:
         end = time.monotonic()
         os.write(journal, f"{os.getpid()} {token} {start:.6f} {end:.6f}\n".encode())
 
-    done = threading.Event()
-    signal.signal(signal.SIGTERM, lambda signum, frame: done.set())
+    # A flag, not a threading.Event: Event.set() in a signal handler can deadlock with the
+    # Event.wait() it interrupted.
+    terminated: list[int] = []
+    signal.signal(signal.SIGTERM, lambda signum, frame: terminated.append(signum))
     elector.start()
     say("STARTED")
-    while not done.wait(args.job_every):
+    while not terminated:
+        time.sleep(args.job_every)
         job()
     elector.stop(release=True)
     say("STOPPED")

@@ -124,3 +124,15 @@ def test_make_demo_parallel_explains_a_missing_tmux(tmp_path: Path) -> None:
                             timeout=60, env={**os.environ, "MAKEFLAGS": ""})
     assert result.returncode != 0
     assert "tmux is not installed" in result.stdout + result.stderr
+
+
+def test_demo_without_apscheduler_runs_its_job_from_a_plain_timer(
+        spawn: Callable[..., Process], tmp_path: Path) -> None:
+    shadow = tmp_path / "shadow" / "apscheduler"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('APScheduler is not installed')\n")
+    env = {**os.environ, "PYTHONPATH": str(shadow.parent)}
+    process = spawn("-m", "singleton_jobs", "demo", "--lease-path", str(tmp_path / "l"),
+                    *FAST_DEMO, env=env)
+    assert process.wait_for_line(lambda line: "warming cache" in line, 10), process.output()
+    assert "the job runs from a plain timer" in process.output()
