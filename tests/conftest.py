@@ -71,6 +71,12 @@ def k8s_api_client(url: str, agent: str | None = None) -> Any:
     return api_client
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a live process, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @pytest.fixture(params=["memory", "file", "kubernetes"])
 def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], LeaseStore]:
     """Makes stores that all share one lease: the conformance suite runs against each backend."""

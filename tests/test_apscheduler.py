@@ -18,7 +18,7 @@ from apscheduler.jobstores.memory import MemoryJobStore
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.schedulers.background import BackgroundScheduler
-from conftest import FAST, HERE, Process, wait_until
+from conftest import FAST, HERE, Process, cpu_seconds, wait_until
 
 from singleton_jobs import ConfigurationError, Elector, MemoryLeaseStore
 from singleton_jobs.apscheduler import (
@@ -377,11 +377,6 @@ def test_blocking_scheduler_replicas_elect_one_runner(
     assert fleet.replicas[first].popen.wait(15) == 0
     successor = fleet.leader_pid(since=stopped_at, other_than=first)
     assert successor != first
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def test_follower_scheduler_uses_almost_no_cpu(

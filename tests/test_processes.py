@@ -8,7 +8,6 @@ and some replica runs the job soon after the leader dies.
 
 from __future__ import annotations
 
-import os
 import signal
 import time
 from collections.abc import Callable
@@ -16,7 +15,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import pytest
-from conftest import HERE, Process, wait_until
+from conftest import HERE, Process, cpu_seconds, wait_until
 
 LEASE, RENEW, RETRY = 2.0, 1.0, 0.1
 # Slack for a noisy 2-core machine, on top of what the semantics guarantee.
@@ -170,12 +169,6 @@ def test_restarted_replicas_keep_tokens_increasing_over_many_failovers(cluster: 
     runs = cluster.runs()
     assert_no_overlap(runs)
     assert len(assert_tokens_increase(runs)) == 4
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a live process, from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def test_leader_and_follower_at_default_timings_use_almost_no_cpu(
