@@ -25,7 +25,6 @@ from typing import Any
 import pytest
 from conftest import HERE, Process, k8s_api_client, unique_lease_name, wait_until
 from k8s_api import FakeKubernetesApi
-from test_processes import Cluster, assert_no_overlap, assert_tokens_increase
 
 from singleton_jobs import (
     ConfigurationError,
@@ -726,94 +725,6 @@ def test_client_go_contender_respects_our_lease_and_takes_our_release_at_once(
 
 
 # -- real processes ------------------------------------------------------------------------------
-
-
-class LeaseCluster(Cluster):
-    """Contender processes (tests/contender.py) on one Lease of the fake API server."""
-
-    def __init__(self, spawn: Callable[..., Process], tmp_path: Path,
-                 api: FakeKubernetesApi) -> None:
-        super().__init__(spawn, tmp_path)
-        self.api = api
-        self.lease_name = unique_lease_name("cluster")
-
-    def start(self, count: int = 1) -> None:
-        for _ in range(count):
-            process = self.spawn(
-                str(HERE / "contender.py"), self.lease_name, str(self.journal),
-                "--kubernetes-api", self.api.url, "--namespace", "default",
-                "--lease-duration", str(LEASE), "--renew-deadline", str(RENEW),
-                "--retry-period", str(RETRY))
-            self.replicas[process.pid] = process
-
-
-@pytest.fixture
-def lease_cluster(spawn: Callable[..., Process], tmp_path: Path,
-                  k8s_api: FakeKubernetesApi) -> LeaseCluster:
-    return LeaseCluster(spawn, tmp_path, k8s_api)
-
-
-def test_three_processes_one_leader_and_failover_after_sigkill(
-        lease_cluster: LeaseCluster) -> None:
-    lease_cluster.start(3)
-    first = lease_cluster.leader(timeout=20)
-    time.sleep(1.0)
-    killed_at = time.monotonic()
-    lease_cluster.replicas[first.pid].signal(signal.SIGKILL)
-    successor = lease_cluster.leader(since=killed_at, other_than=first.pid)
-    failover = successor.start - killed_at
-    assert failover <= LEASE + 2 * RETRY + SLACK, f"failover took {failover:.2f}s"
-    time.sleep(0.5)
-    runs = lease_cluster.runs()
-    assert_no_overlap(runs)
-    terms = assert_tokens_increase(runs)
-    assert [pid for pid, _ in terms] == [first.pid, successor.pid]
-    assert {run.pid for run in runs if run.start > killed_at} == {successor.pid}
-
-
-def test_two_processes_graceful_stop_hands_over_within_retry_periods(
-        lease_cluster: LeaseCluster) -> None:
-    lease_cluster.start(2)
-    first = lease_cluster.leader(timeout=20)
-    for process in lease_cluster.replicas.values():
-        assert process.wait_for_line(lambda line: line.startswith("STARTED"), 20)
-    time.sleep(0.5)
-    stopping = lease_cluster.replicas[first.pid]
-    stopped_at = time.monotonic()
-    stopping.signal(signal.SIGTERM)
-    successor = lease_cluster.leader(since=stopped_at, other_than=first.pid)
-    handover = successor.start - stopped_at
-    # Without the release this would take the whole lease (2 s) and more.
-    assert handover <= 2 * RETRY + SLACK, f"handover took {handover:.2f}s"
-    assert stopping.popen.wait(10) == 0
-    time.sleep(0.3)
-    runs = lease_cluster.runs()
-    assert_no_overlap(runs)
-    assert_tokens_increase(runs)
-
-
-def test_paused_leader_runs_no_job_after_resume_and_becomes_follower(
-        lease_cluster: LeaseCluster) -> None:
-    lease_cluster.start(3)
-    first = lease_cluster.leader(timeout=20)
-    time.sleep(0.5)
-    paused = lease_cluster.replicas[first.pid]
-    paused.signal(signal.SIGSTOP)
-    stopped_at = time.monotonic()
-    successor = lease_cluster.leader(since=stopped_at, other_than=first.pid,
-                                     timeout=LEASE + 2 * RETRY + SLACK + 5)
-    time.sleep(0.5)
-    seen = len(paused.lines)
-    paused.signal(signal.SIGCONT)
-    resumed_at = time.monotonic()
-    assert paused.wait_for_line(lambda line: line.startswith("FOLLOWER"), 10, after=seen)
-    time.sleep(0.5)
-    runs = lease_cluster.runs()
-    assert not [r for r in runs if r.pid == first.pid and r.start > stopped_at]
-    straddling = {r for r in runs if r.pid == first.pid and r.start < stopped_at < r.end}
-    assert_no_overlap(runs, straddling)
-    assert_tokens_increase(runs)
-    assert {r.pid for r in runs if r.start > resumed_at} == {successor.pid}
 
 
 def test_demo_and_status_commands_use_the_kubeconfig(

@@ -1,4 +1,7 @@
-"""Real processes contending on one lease file, with sub-second timings.
+"""Real processes contending on one lease, with sub-second timings, on every shared backend.
+
+The ``cluster`` scenarios run twice: on a lease file and on a Kubernetes Lease served over
+real HTTP by tests/k8s_api.py.
 
 Each contender (tests/contender.py) journals every run of its ``@leader_only`` job with
 monotonic start and end times, which are comparable across processes on one Linux host. The
@@ -15,7 +18,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import pytest
-from conftest import HERE, Process, cpu_seconds, wait_until
+from conftest import HERE, Process, cpu_seconds, unique_lease_name, wait_until
 
 LEASE, RENEW, RETRY = 2.0, 1.0, 0.1
 # Slack for a noisy 2-core machine, on top of what the semantics guarantee.
@@ -62,24 +65,31 @@ def assert_tokens_increase(runs: list[Run]) -> list[tuple[int, int]]:
 
 
 class Cluster:
-    def __init__(self, spawn: Callable[..., Process], tmp_path: Path) -> None:
+    """Contender processes on one lease: a file, or a Lease on the test Kubernetes API server."""
+
+    def __init__(self, spawn: Callable[..., Process], tmp_path: Path,
+                 kubernetes_api: str | None = None) -> None:
         self.spawn = spawn
-        self.lease = tmp_path / "cluster.lease"
         self.journal = tmp_path / "journal"
         self.replicas: dict[int, Process] = {}
+        if kubernetes_api is None:
+            self.lease_args = [str(tmp_path / "cluster.lease")]
+        else:
+            self.lease_args = [unique_lease_name("cluster"), "--kubernetes-api", kubernetes_api,
+                               "--namespace", "default"]
 
     def start(self, count: int = 1) -> None:
         for _ in range(count):
             process = self.spawn(
-                str(HERE / "contender.py"), str(self.lease), str(self.journal),
-                "--lease-duration", str(LEASE), "--renew-deadline", str(RENEW),
-                "--retry-period", str(RETRY))
+                str(HERE / "contender.py"), self.lease_args[0], str(self.journal),
+                *self.lease_args[1:], "--lease-duration", str(LEASE),
+                "--renew-deadline", str(RENEW), "--retry-period", str(RETRY))
             self.replicas[process.pid] = process
 
     def runs(self) -> list[Run]:
         return read_journal(self.journal)
 
-    def leader(self, timeout: float = 10.0, since: float = 0.0, other_than: int = 0) -> Run:
+    def leader(self, timeout: float = 20.0, since: float = 0.0, other_than: int = 0) -> Run:
         found: list[Run] = []
 
         def check() -> bool:
@@ -90,8 +100,12 @@ class Cluster:
         return found[0]
 
 
-@pytest.fixture
-def cluster(spawn: Callable[..., Process], tmp_path: Path) -> Cluster:
+@pytest.fixture(params=["file", "kubernetes"])
+def cluster(request: pytest.FixtureRequest, spawn: Callable[..., Process],
+            tmp_path: Path) -> Cluster:
+    """The same scenarios on every backend that works across processes."""
+    if request.param == "kubernetes":
+        return Cluster(spawn, tmp_path, request.getfixturevalue("k8s_api").url)
     return Cluster(spawn, tmp_path)
 
 
