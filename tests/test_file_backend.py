@@ -240,18 +240,24 @@ def test_permission_denied_is_a_clear_error(tmp_path_factory: pytest.TempPathFac
     assert message.startswith(f"permission denied for lease path {directory / 'x.lease'}")
 
 
-@pytest.fixture
-def read_only_dir(tmp_path: Path) -> Iterator[Path]:
-    mount_point = tmp_path / "ro"
-    mount_point.mkdir()
+@contextlib.contextmanager
+def tmpfs(mount_point: Path, options: str) -> Iterator[Path]:
+    """A real 64 KiB tmpfs at ``mount_point`` (mounting needs root; CI runs as root)."""
     if os.geteuid() != 0:
-        pytest.skip("mounting a read-only filesystem needs root (CI runs as root)")
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(mount_point)],
-                   check=True)
+        pytest.skip("mounting a filesystem needs root (CI runs as root)")
+    mount_point.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"{options}size=64k", "tmpfs",
+                    str(mount_point)], check=True)
     try:
         yield mount_point
     finally:
-        subprocess.run(["umount", str(mount_point)], check=True)
+        subprocess.run(["umount", "-l", str(mount_point)], check=True)
+
+
+@pytest.fixture
+def read_only_dir(tmp_path: Path) -> Iterator[Path]:
+    with tmpfs(tmp_path / "ro", "ro,") as mount_point:
+        yield mount_point
 
 
 def test_read_only_filesystem_is_a_clear_error(read_only_dir: Path) -> None:
@@ -390,16 +396,8 @@ def test_lease_file_owned_by_another_user_is_refused(tmp_path: Path) -> None:
 
 @pytest.fixture
 def tiny_filesystem(tmp_path: Path) -> Iterator[Path]:
-    mount_point = tmp_path / "tiny"
-    mount_point.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a filesystem needs root (CI runs as root)")
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount_point)],
-                   check=True)
-    try:
+    with tmpfs(tmp_path / "tiny", "") as mount_point:
         yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=True)
 
 
 def test_disk_full_makes_the_leader_step_down_cleanly_and_recover(
