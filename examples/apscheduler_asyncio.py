@@ -24,7 +24,8 @@ async def refresh_exchange_rates(elector: FileElector) -> None:
 
 async def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    elector = FileElector(lease_duration=6, renew_deadline=4, retry_period=1)
+    elector = FileElector(name="apscheduler-asyncio-example", lease_duration=6, renew_deadline=4,
+                          retry_period=1)
     scheduler = AsyncIOScheduler(timezone=timezone.utc)
     # A per-replica MemoryJobStore (the default): followers keep the schedule moving.
     scheduler.add_jobstore(LeaderOnlyJobStore(elector), "leader")

@@ -37,7 +37,7 @@ def heartbeat() -> None:
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    elector = FileElector(lease_duration=6, renew_deadline=4, retry_period=1)
+    elector = FileElector(name="report-sender", lease_duration=6, renew_deadline=4, retry_period=1)
     scheduler = BackgroundScheduler(timezone=timezone.utc)
     scheduler.add_jobstore(LeaderOnlyJobStore(elector, SQLAlchemyJobStore(url=DATABASE)),
                            "leader")

@@ -24,7 +24,7 @@ def clean_up_expired_sessions() -> int:
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    elector = FileElector(lease_duration=6, renew_deadline=4, retry_period=1)
+    elector = FileElector(name="cleanup-job", lease_duration=6, renew_deadline=4, retry_period=1)
     set_default_elector(elector)
     with elector:
         try:

@@ -86,8 +86,24 @@ def _decorate(func: Callable[..., Any], elector: Elector | None, default: Any,
     import inspect  # deferred: costs milliseconds at import, nothing per call
 
     name = getattr(func, "__qualname__", repr(func))
+    if inspect.isgeneratorfunction(func) or inspect.isasyncgenfunction(func):
+        # A generator's body runs when it is iterated, long after the call that was checked.
+        raise ConfigurationError(
+            f"@leader_only cannot guard the generator function {name}: its body runs when the "
+            "generator is iterated, after the leadership check. Guard the function that "
+            "consumes it, or check elector.is_leader inside the loop")
+    warned = False
 
     def skip(chosen: Elector) -> Any:
+        nonlocal warned
+        if not warned and not chosen.running:
+            warned = True  # once per function: a follower's skips are normal and silent
+            inherited = chosen._inherited()
+            logger.warning(
+                "%s: skipped %s: its elector %s, so it will never run here; %s", chosen.identity,
+                name, "was inherited through fork()" if inherited else "is not running",
+                "create and start an elector in this process after the fork" if inherited
+                else "call elector.start() (or use it as a context manager) at start-up")
         logger.debug("%s: skipped %s: not the leader", chosen.identity, name)
         if raise_on_skip:
             raise NotLeaderError(f"{chosen.identity} is not the leader; {name} did not run")

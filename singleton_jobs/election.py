@@ -20,12 +20,15 @@ the two never overlap: ``lease_duration - renew_deadline`` is the safety margin.
 from __future__ import annotations
 
 import atexit
+import functools
 import logging
 import math
+import os
 import queue
 import random
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
@@ -37,10 +40,46 @@ logger = logging.getLogger(__name__)
 
 #: client-go's ``JitterFactor``: the renew deadline must exceed this many retry periods.
 JITTER_FACTOR = 1.2
-#: A follower waits ``retry_period * (1 + uniform(0, ACQUIRE_JITTER))`` between attempts. Less
-#: jitter than client-go's 1.2 keeps failover close to ``lease_duration``; it still spreads
-#: contenders apart, and the compare-and-swap decides every race anyway.
+#: A follower waits ``retry_period * (1 - uniform(0, ACQUIRE_JITTER))`` between attempts: the
+#: jitter spreads contenders apart, and stays *within* one period so that a released lease is
+#: taken within one ``retry_period``, as documented. The compare-and-swap decides every race.
 ACQUIRE_JITTER = 0.2
+#: The longest lease accepted, in a setting or in a stored record (one day). A record that
+#: claims more is judged with the observer's own ``lease_duration``: a garbage or hostile value
+#: such as 1e308 must not keep a dead holder's lease forever.
+MAX_LEASE_DURATION = 86400.0
+#: A replica whose ``on_started_leading`` raised sits out this many lease durations before it
+#: campaigns again, doubling on each further failure up to ``SIT_OUT_MAX`` lease durations.
+SIT_OUT_MAX = 16
+
+
+def _suspend_aware_clock() -> Callable[[], float]:
+    """A monotonic clock that keeps counting while the machine is suspended, where one exists.
+
+    ``CLOCK_MONOTONIC`` stops during suspend on Linux: a leader suspended past its lease would
+    wake up still believing it leads. ``CLOCK_BOOTTIME`` counts the suspended time.
+    """
+    boottime = getattr(time, "CLOCK_BOOTTIME", None)
+    if boottime is not None:
+        try:
+            time.clock_gettime(boottime)
+        except OSError:  # pragma: no cover - a kernel older than Linux 2.6.39
+            pass
+        else:
+            return functools.partial(time.clock_gettime, boottime)
+    return time.monotonic  # pragma: no cover - not Linux
+
+
+#: The clock every election decision uses (``CLOCK_BOOTTIME`` on Linux, else ``monotonic``).
+clock: Callable[[], float] = _suspend_aware_clock()
+
+# Every elector of this process, so that a fork() can disarm the copies the child inherits.
+_electors: weakref.WeakSet[Elector] = weakref.WeakSet()
+
+
+def _disarm_inherited_electors() -> None:
+    for elector in list(_electors):
+        elector._after_fork_in_child()
 
 
 def check_timing(lease_duration: float, renew_deadline: float, retry_period: float) -> None:
@@ -55,6 +94,9 @@ def check_timing(lease_duration: float, renew_deadline: float, retry_period: flo
             raise ConfigurationError(f"{name} must be a number of seconds, not {value!r}")
         if not math.isfinite(value) or value <= 0:
             raise ConfigurationError(f"{name} ({value}) must be a positive number of seconds")
+        if value > MAX_LEASE_DURATION:
+            raise ConfigurationError(f"{name} ({value}) must be at most {MAX_LEASE_DURATION:g} "
+                                     "seconds (one day); did you pass milliseconds?")
     if lease_duration <= renew_deadline:
         raise ConfigurationError(
             f"lease_duration ({lease_duration}) must be greater than renew_deadline "
@@ -80,14 +122,20 @@ class Elector:
     ``store`` is any :class:`~singleton_jobs.backends.LeaseStore`. Callbacks run on a separate
     thread, in order, so a slow or raising callback never delays a renew:
     ``on_started_leading()``, ``on_stopped_leading()``, ``on_new_leader(identity)``. If
-    ``on_started_leading`` raises, the exception is logged and this replica releases the lease
-    (another replica can lead) and keeps campaigning.
+    ``on_started_leading`` raises, the exception is logged, this replica releases the lease (so
+    a healthy replica can lead) and sits out at least one lease duration before it campaigns
+    again, longer if it keeps failing.
+
+    An elector belongs to the process that started it. A copy inherited through ``fork()``
+    (pre-fork servers, process pools) never leads and never writes the parent's lease; starting
+    it raises :class:`SingletonJobsError`. An elector created but not yet started before a fork
+    can be started in the child, under a fresh default identity.
 
     :raises ConfigurationError: invalid timing or identity.
     """
 
     # The clock seam: tests and simulations may replace these on an instance.
-    _monotonic: Callable[[], float] = staticmethod(time.monotonic)
+    _monotonic: Callable[[], float] = staticmethod(clock)
     _wall: Callable[[], float] = staticmethod(time.time)
 
     def __init__(
@@ -105,7 +153,9 @@ class Elector:
         check_timing(lease_duration, renew_deadline, retry_period)
         store.check_lease_duration(lease_duration)
         self.store = store
+        self._identity_given = identity is not None
         self.identity: str = default_identity() if identity is None else check_identity(identity)
+        self._identity_pid = os.getpid()
         self.lease_duration = float(lease_duration)
         self.renew_deadline = float(renew_deadline)
         self.retry_period = float(retry_period)
@@ -113,20 +163,30 @@ class Elector:
         self.on_stopped_leading = on_stopped_leading
         self.on_new_leader = on_new_leader
 
-        # is_leader reads only this float: monotonic time until which leading is safe.
+        # is_leader reads only this float (and the pid): monotonic time until which leading is
+        # safe, and the process that started this elector.
         self._leading_until = -math.inf
-        self._term: LeaseRecord | None = None       # the record we wrote, while leading
+        self._owner_pid: int | None = None
+        # The record this elector last wrote, and its version: a record counts as ours only if
+        # it is this term (same identity, acquire time and transitions), whoever else uses the
+        # same identity string.
+        self._term: LeaseRecord | None = None
         # What this replica last saw in the store, and when (monotonic) it saw it change.
         self._snapshot: Snapshot | None = None
         self._observed_at = -math.inf
+        self._term_duration = 0.0                   # longest duration seen in the current term
+        self._absent_since: float | None = None     # when the record was first seen missing
         self._highest_transitions = -1
+        self._duplicate_reported = False
 
         self._changed = threading.Condition()       # notified on every leadership change
         self._leading = False                       # the loop's view; guarded by _changed
         self._running = False
+        self._stop_requested = False
         self._stopping = threading.Event()
         self._wake = threading.Event()
         self._abdicate = threading.Event()
+        self._start_failures = 0                    # on_started_leading raised this many times
         self._release_on_stop = True
         self._thread: threading.Thread | None = None
         self._callbacks: queue.SimpleQueue[tuple[str, Callable[..., Any], tuple[Any, ...]] | None]
@@ -134,6 +194,7 @@ class Elector:
         self._callback_thread: threading.Thread | None = None
         self._last_error = ""
         self._listeners: list[Callable[[bool], Any]] = []
+        _electors.add(self)
 
     def __repr__(self) -> str:
         state = "leader" if self.is_leader else "follower"
@@ -143,8 +204,11 @@ class Elector:
 
     @property
     def is_leader(self) -> bool:
-        """True only while this replica holds the lease and its last renew is recent enough."""
-        return self._monotonic() < self._leading_until
+        """True only while this replica holds the lease and its last renew is recent enough.
+
+        Always False in a process that inherited this elector through ``fork()``.
+        """
+        return self._monotonic() < self._leading_until and self._owner_pid == os.getpid()
 
     @property
     def fencing_token(self) -> int | None:
@@ -158,16 +222,16 @@ class Elector:
         if self.is_leader:
             return self.identity
         snapshot = self._snapshot
-        if snapshot is None:
+        if snapshot is None or self._absent_since is not None:
             return None
-        holder = snapshot[0].holder
-        if not snapshot[0].readable or holder in ("", self.identity):
+        record = snapshot[0]
+        if not record.readable or record.released or self._is_ours(record):
             return None
-        return holder
+        return record.holder
 
     @property
     def running(self) -> bool:
-        return self._running
+        return self._running and not self._inherited()
 
     def add_leadership_listener(self, listener: Callable[[bool], Any]) -> None:
         """Call ``listener(True)`` whenever this replica starts leading, ``listener(False)``
@@ -178,10 +242,46 @@ class Elector:
     def remove_leadership_listener(self, listener: Callable[[bool], Any]) -> None:
         self._listeners = [existing for existing in self._listeners if existing != listener]
 
+    # -- processes ----------------------------------------------------------------------------
+
+    def _inherited(self) -> bool:
+        """True in a process that got this (started) elector through fork()."""
+        return self._owner_pid is not None and self._owner_pid != os.getpid()
+
+    def _inherited_error(self) -> SingletonJobsError:
+        return SingletonJobsError(
+            f"{self.identity}: this elector was started in process {self._owner_pid} and "
+            f"inherited by fork() into process {os.getpid()}, where it never leads. Create and "
+            "start the elector in the process that runs the jobs, after the fork: gunicorn's "
+            "post_fork hook (or no --preload), uWSGI's @postfork (or lazy-apps = true), Celery's "
+            "worker_process_init signal, a multiprocessing Pool initializer, or the 'spawn' "
+            "start method (see Deploying in the README)")
+
+    def _after_fork_in_child(self) -> None:
+        """Runs in a child right after fork(): no thread of the parent exists here."""
+        self._leading_until = -math.inf
+        self._leading = False
+        # Locks may have been held by the parent's threads at the moment of the fork.
+        self._changed = threading.Condition()
+        self._stopping = threading.Event()
+        self._wake = threading.Event()
+        self._abdicate = threading.Event()
+        self._callbacks = queue.SimpleQueue()
+        self._thread = self._callback_thread = None
+        if self._owner_pid is not None:
+            self._running = False
+            atexit.unregister(self.stop)
+
     # -- lifecycle ----------------------------------------------------------------------------
 
     def start(self) -> Elector:
-        """Start campaigning in a background thread. Returns self; a second call does nothing."""
+        """Start campaigning in a background thread. Returns self; a second call does nothing.
+
+        :raises SingletonJobsError: this elector was inherited through ``fork()``, or its
+            previous election thread is still finishing a store call.
+        """
+        if self._inherited():
+            raise self._inherited_error()
         with self._changed:
             if self._running:
                 return self
@@ -189,13 +289,24 @@ class Elector:
             if previous is not None and previous.is_alive():
                 raise SingletonJobsError(f"{self.identity}: the previous election thread is "
                                          "still finishing a store call; try start() again later")
+            if not self._identity_given and self._identity_pid != os.getpid():
+                # Created before a fork, started after it: the parent's identity is not ours.
+                self.identity = default_identity()
+                self._identity_pid = os.getpid()
+            self._owner_pid = os.getpid()
             self._running = True
-        self._stopping.clear()
+            self._stop_requested = False
+            self._stopping.clear()
         self._wake.clear()
         self._abdicate.clear()
+        self._duplicate_reported = False
+        # A fresh queue per run: an end marker left by an earlier stop() cannot end this run.
+        callbacks: queue.SimpleQueue[tuple[str, Callable[..., Any], tuple[Any, ...]] | None]
+        callbacks = self._callbacks = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, daemon=True,
                                         name=f"singleton_jobs-elector-{self.identity}")
-        self._callback_thread = threading.Thread(target=self._run_callbacks, daemon=True,
+        self._callback_thread = threading.Thread(target=self._run_callbacks, args=(callbacks,),
+                                                 daemon=True,
                                                  name=f"singleton_jobs-callbacks-{self.identity}")
         self._callback_thread.start()
         self._thread.start()
@@ -204,18 +315,28 @@ class Elector:
         return self
 
     def stop(self, release: bool = True) -> None:
-        """Stop campaigning. Guards see ``is_leader`` False before this returns.
+        """Stop campaigning. Guards see ``is_leader`` False before this returns, and
+        ``on_stopped_leading`` and the listeners are called if this replica was leading.
 
         With ``release`` (the default) a held lease is released, so a follower takes over
-        within one retry period instead of one lease duration.
+        within one retry period instead of one lease duration. In a process that inherited
+        this elector through ``fork()`` this does nothing: the lease is the parent's.
         """
         atexit.unregister(self.stop)
+        if self._inherited():
+            return
         with self._changed:
             if not self._running:
                 return
+            if self._stop_requested:  # another thread is stopping it: wait for that to finish
+                self._changed.wait_for(lambda: not self._running,
+                                       self.renew_deadline + self.retry_period + 1)
+                return
+            self._stop_requested = True
+            self._release_on_stop = release
+            # Under the lock, so that a renew finishing now cannot extend leadership again.
             self._leading_until = -math.inf
-        self._release_on_stop = release
-        self._stopping.set()
+            self._stopping.set()
         self._wake.set()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
@@ -224,7 +345,9 @@ class Elector:
             if thread.is_alive():
                 logger.warning("%s: election thread still busy after stop(); it will exit when "
                                "its store call returns", self.identity)
-        self._callbacks.put(None)
+        self._step_down("elector stopped", logging.INFO)  # no-op if the loop already did
+        callbacks = self._callbacks
+        callbacks.put(None)
         callback_thread = self._callback_thread
         if callback_thread is not None and callback_thread is not threading.current_thread():
             callback_thread.join(self.lease_duration)
@@ -241,8 +364,11 @@ class Elector:
     def wait_for_leadership(self, timeout: float | None = None) -> bool:
         """Block until this replica leads, the elector stops, or ``timeout`` passes.
 
-        :raises SingletonJobsError: the elector was never started.
+        :raises SingletonJobsError: the elector was never started, or was inherited through
+            ``fork()``.
         """
+        if self._inherited():
+            raise self._inherited_error()
         if not self._running:
             raise SingletonJobsError(f"{self!r} is not running; call start() first "
                                      "(or acquire_lease(), which starts it)")
@@ -287,6 +413,7 @@ class Elector:
             logger.exception("%s: election thread crashed; no longer leading", self.identity)
             self._step_down("election thread crashed")
         finally:
+            self._step_down("elector stopped", logging.INFO)
             if self._release_on_stop:
                 self._release()
 
@@ -296,12 +423,13 @@ class Elector:
             started = self._monotonic()
             outcome = self._try_acquire_or_renew(timeout=self.renew_deadline)
             if outcome is _LEADING:
-                self._become_leader(started)
-                return True
-            wait = self.retry_period * (1 + random.uniform(0, ACQUIRE_JITTER))
+                if self._become_leader(started):
+                    return True
+                return False  # stopped meanwhile: _run releases what we just acquired
+            wait = self.retry_period * (1 - random.uniform(0, ACQUIRE_JITTER))
             if outcome is _HELD:
                 # Wake right when the holder's lease would expire rather than up to one
-                # jittered period later: failover stays close to lease_duration.
+                # period later: failover stays close to lease_duration.
                 expires_in = self._expires_at() - self._monotonic()
                 wait = min(wait, max(expires_in, 0.0) + random.uniform(0, 0.05) * self.retry_period)
             self._sleep(wait)
@@ -313,11 +441,12 @@ class Elector:
         while not self._stopping.is_set():
             self._sleep(last_attempt + self.retry_period - self._monotonic())
             if self._stopping.is_set():
-                return  # _run releases; guards already see is_leader False
+                return  # _run steps down and releases; guards already see is_leader False
             if self._abdicate.is_set():
                 self._abdicate.clear()
                 self._step_down("on_started_leading raised")
                 self._release()
+                self._sit_out()
                 return
             last_attempt = self._monotonic()
             remaining = self._leading_until - last_attempt
@@ -327,7 +456,7 @@ class Elector:
             outcome = self._try_acquire_or_renew(timeout=remaining)
             if outcome is _LEADING:
                 with self._changed:  # stop() may have ended leadership while we renewed
-                    if not self._stopping.is_set():
+                    if not self._stopping.is_set() and self._leading:
                         self._leading_until = max(self._leading_until,
                                                   last_attempt + self.renew_deadline)
             elif outcome is _HELD:
@@ -338,6 +467,17 @@ class Elector:
                 self._step_down(self._missed_deadline())
                 return
 
+    def _sit_out(self) -> None:
+        """After on_started_leading raised: let a healthy replica lead before trying again."""
+        failures = max(self._start_failures, 1)
+        seconds = self.lease_duration * min(2 ** (failures - 1), SIT_OUT_MAX)
+        logger.warning("%s: on_started_leading raised (%d time(s) in a row); not campaigning "
+                       "for %.3gs so that another replica can lead", self.identity, failures,
+                       seconds)
+        deadline = self._monotonic() + seconds
+        while not self._stopping.is_set() and self._monotonic() < deadline:
+            self._sleep(deadline - self._monotonic())
+
     def _missed_deadline(self) -> str:
         return f"no renew succeeded within renew_deadline ({self.renew_deadline}s)"
 
@@ -345,52 +485,57 @@ class Elector:
         if seconds > 0 and self._wake.wait(seconds):
             self._wake.clear()
 
+    def _judged_duration(self) -> float:
+        """How long the current holder may lead after a change we saw: the longest of our own
+        lease_duration and any duration written in this term, so that a record rewritten with
+        a shorter duration never makes us take over early."""
+        duration = self._term_duration
+        if not 0 < duration <= MAX_LEASE_DURATION:
+            duration = 0.0
+        return max(duration, self.lease_duration)
+
     def _expires_at(self) -> float:
-        snapshot = self._snapshot
-        if snapshot is None:
+        if self._absent_since is not None:
+            # The record vanished: whoever held it may believe it leads until its renew
+            # deadline, which ends before one lease duration from now.
+            return self._absent_since + self._judged_duration()
+        if self._snapshot is None:
             return -math.inf
-        duration = snapshot[0].lease_duration
-        return self._observed_at + (duration if duration > 0 else self.lease_duration)
+        return self._observed_at + self._judged_duration()
+
+    def _is_ours(self, record: LeaseRecord) -> bool:
+        """True if ``record`` is the term this elector wrote, not merely its identity string."""
+        term = self._term
+        return (term is not None and record.holder == self.identity == term.holder
+                and record.transitions == term.transitions
+                and abs(record.acquire_time - term.acquire_time) < 1e-5)
 
     def _try_acquire_or_renew(self, timeout: float) -> str:
-        now = self._wall()
+        # Microseconds, the precision every backend stores: _is_ours compares acquire times.
+        now = round(self._wall(), 6)
         left = self._time_left(timeout)
         try:
             if self._leading:
                 # Fast path, as in client-go: a leader assumes the record is still the one it
                 # wrote and renews with one write. A conflict means something changed: read it.
-                cached = self._snapshot
-                if cached is not None and cached[0].holder == self.identity:
-                    record = cached[0]._replace(lease_duration=self.lease_duration,
-                                                renew_time=now)
+                cached, term = self._snapshot, self._term
+                if cached is not None and term is not None and self._is_ours(cached[0]) \
+                        and self._absent_since is None:
+                    record = term._replace(lease_duration=self.lease_duration, renew_time=now)
                     new_version = self.store.update(record, cached[1], timeout=left())
                     if new_version is not None:
                         self._last_error = ""
-                        self._observe(record, new_version)
+                        self._observe(record, new_version, written=True)
                         return _LEADING
             leading = self.is_leader
             term = self._term
             snapshot = self.store.get(timeout=left())
             if snapshot is None:
-                last_holder = self._snapshot[0].holder if self._snapshot is not None else ""
-                if not leading and last_holder not in ("", self.identity) and \
-                        self._monotonic() < self._expires_at():
-                    # The record vanished (deleted by hand?) while its holder's lease still
-                    # runs: creating one now could make two leaders. Wait for the expiry.
-                    return _HELD
-                floor = self.store.transitions_floor(timeout=left())
-                record = LeaseRecord(self.identity, self.lease_duration, now, now,
-                                     max(self._highest_transitions, floor) + 1)
-                version = self.store.create(record, timeout=left())
-                if version is None:
-                    return _CONFLICT
-                self._observe(record, version)
-                return _LEADING
+                return self._create_missing(now, leading, left)
             current, version = snapshot
             self._observe(current, version)
-            if current.holder == self.identity:
-                record = current._replace(lease_duration=self.lease_duration,
-                                          renew_time=now)
+            if self._is_ours(current):
+                record = current._replace(lease_duration=self.lease_duration, renew_time=now)
             elif leading and term is not None and not current.readable:
                 # Garbage written over our lease while we lead: nobody else can have taken it
                 # (they would have to wait out our lease and write a readable record), so
@@ -414,7 +559,31 @@ class Elector:
         self._last_error = ""
         if new_version is None:
             return _CONFLICT
-        self._observe(record, new_version)
+        self._observe(record, new_version, written=True)
+        return _LEADING
+
+    def _create_missing(self, now: float, leading: bool, left: Callable[[], float]) -> str:
+        """The store holds no record: create one, unless a holder may still believe it leads."""
+        if self._absent_since is None:
+            self._absent_since = self._monotonic()
+            if self._snapshot is not None:
+                logger.warning("%s: lease %s vanished (deleted by hand?); %s", self.identity,
+                               self.store.name, "recreating it" if leading else
+                               "waiting one lease duration before creating it")
+        floor = self.store.transitions_floor(timeout=left())
+        # A store that remembers a lease (its fencing floor survived) or a record we saw means
+        # that somebody may have led until a moment ago and may still believe it leads until
+        # its renew deadline: wait one lease duration from the moment we saw it gone. Only a
+        # store that never held a lease is taken at once (a fleet's very first start).
+        existed = floor >= 0 or self._snapshot is not None
+        if not leading and existed and self._monotonic() < self._expires_at():
+            return _HELD
+        record = LeaseRecord(self.identity, self.lease_duration, now, now,
+                             max(self._highest_transitions, floor) + 1)
+        version = self.store.create(record, timeout=left())
+        if version is None:
+            return _CONFLICT
+        self._observe(record, version, written=True)
         return _LEADING
 
     def _time_left(self, timeout: float) -> Callable[[], float]:
@@ -422,25 +591,52 @@ class Elector:
         deadline = self._monotonic() + timeout
         return lambda: max(deadline - self._monotonic(), 0.001)
 
-    def _observe(self, record: LeaseRecord, version: Version) -> None:
-        """Remember what the store holds; restart the expiry clock if it changed."""
+    def _observe(self, record: LeaseRecord, version: Version, *, written: bool = False) -> None:
+        """Remember what the store holds; restart the expiry clock if it changed.
+
+        ``written``: this elector just wrote ``record``, which makes it our term.
+        """
+        if written:
+            self._term = record
         previous = self._snapshot
-        if previous is not None and previous[1] == version:
+        was_absent = self._absent_since is not None
+        self._absent_since = None
+        if previous is not None and previous[1] == version and not was_absent:
             return
         self._snapshot = (record, version)
         self._observed_at = self._monotonic()
         self._highest_transitions = max(self._highest_transitions, record.transitions)
-        if record.holder == self.identity:
-            self._term = record
+        same_term = previous is not None and _same_term(previous[0], record)
+        self._term_duration = (max(self._term_duration, record.lease_duration) if same_term
+                               else record.lease_duration)
+        if not written and record.holder == self.identity and not self._is_ours(record):
+            self._report_same_identity(changed=same_term and not was_absent)
         new_holder = record.holder if record.readable else ""
-        if new_holder and (previous is None or previous[0].holder != new_holder):
+        if new_holder and (previous is None or not same_term):
             logger.info("%s: new leader of %s is %s", self.identity, self.store.name, new_holder)
             self._notify("on_new_leader", self.on_new_leader, new_holder)
 
-    def _become_leader(self, started: float) -> None:
+    def _report_same_identity(self, changed: bool) -> None:
+        """A record names our identity but this elector did not write it."""
+        if changed:
+            # It is being renewed under our name by someone else: a duplicate identity.
+            if not self._duplicate_reported:
+                self._duplicate_reported = True
+                logger.error("%s: another process is holding lease %s under the same identity "
+                             "%r; this replica waits and never leads with it. Identities must "
+                             "be unique per process: leave identity unset (the default is "
+                             "unique) or give each process its own", self.identity,
+                             self.store.name, self.identity)
+        else:
+            logger.warning("%s: lease %s names this replica's identity but was not written by "
+                           "this elector (an earlier run of this process, or another process "
+                           "with the same identity): waiting for it to expire", self.identity,
+                           self.store.name)
+
+    def _become_leader(self, started: float) -> bool:
         with self._changed:
             if self._stopping.is_set():
-                return  # _run releases what we just acquired
+                return False
             self._leading_until = started + self.renew_deadline
             self._leading = True
             self._changed.notify_all()
@@ -449,6 +645,7 @@ class Elector:
         self._notify("on_started_leading", self.on_started_leading)
         for listener in self._listeners:
             self._notify("leadership listener", listener, True)
+        return True
 
     def _step_down(self, reason: str, level: int = logging.WARNING) -> None:
         with self._changed:
@@ -463,13 +660,13 @@ class Elector:
                 self._notify("leadership listener", listener, False)
 
     def _release(self) -> None:
-        """Give the lease up if the store still names us, so a follower takes over at once."""
+        """Give the lease up if the store still holds our term, so a follower takes over at once."""
         if self._leading:
             self._step_down("elector stopped", logging.INFO)
         snapshot = self._snapshot
-        if snapshot is None or snapshot[0].holder != self.identity:
+        if snapshot is None or self._absent_since is not None or not self._is_ours(snapshot[0]):
             return
-        now = self._wall()
+        now = round(self._wall(), 6)
         released = snapshot[0]._replace(holder="", lease_duration=1.0, renew_time=now,
                                         acquire_time=now)
         left = self._time_left(self.renew_deadline)
@@ -477,7 +674,7 @@ class Elector:
             version = self.store.update(released, snapshot[1], timeout=left())
             if version is None:  # our cached version is stale (an ambiguous write): re-read
                 fresh = self.store.get(timeout=left())
-                if fresh is None or fresh[0].holder != self.identity:
+                if fresh is None or not self._is_ours(fresh[0]):
                     return
                 version = self.store.update(released, fresh[1], timeout=left())
         except Exception as exc:  # noqa: BLE001 - release is best effort; the lease expires
@@ -485,8 +682,7 @@ class Elector:
                            self.identity, self.store.name, exc)
             return
         if version is not None:
-            self._snapshot = (released, version)
-            self._observed_at = self._monotonic()
+            self._observe(released, version)
             logger.info("%s: released %s", self.identity, self.store.name)
 
     # -- callbacks ----------------------------------------------------------------------------
@@ -495,9 +691,10 @@ class Elector:
         if callback is not None:
             self._callbacks.put((name, callback, args))
 
-    def _run_callbacks(self) -> None:
+    def _run_callbacks(self, callbacks: queue.SimpleQueue[
+            tuple[str, Callable[..., Any], tuple[Any, ...]] | None]) -> None:
         while True:
-            item = self._callbacks.get()
+            item = callbacks.get()
             if item is None:
                 return
             name, callback, args = item
@@ -507,8 +704,18 @@ class Elector:
                 logger.exception("%s: %s raised", self.identity, name)
                 if name == "on_started_leading" and self._leading:
                     # The replica failed to take up its duties: let another one lead.
+                    self._start_failures += 1
                     self._abdicate.set()
                     self._wake.set()
+            else:
+                if name == "on_started_leading":
+                    self._start_failures = 0
+
+
+def _same_term(a: LeaseRecord, b: LeaseRecord) -> bool:
+    """Whether two records are one holder's term (a renewal), not a change of hands."""
+    return (a.readable and b.readable and a.holder == b.holder and a.holder != ""
+            and a.transitions == b.transitions and abs(a.acquire_time - b.acquire_time) < 1e-5)
 
 
 @runtime_checkable
@@ -545,3 +752,7 @@ def exit_on_sigterm() -> None:
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, terminate)
+
+
+if hasattr(os, "register_at_fork"):  # pragma: no branch - POSIX
+    os.register_at_fork(after_in_child=_disarm_inherited_electors)

@@ -75,10 +75,16 @@ def check_identity(identity: object) -> str:
 
 
 def default_identity() -> str:
-    """``POD_NAME`` if set (Kubernetes downward API), else ``hostname_pid_random``."""
-    pod = os.environ.get("POD_NAME", "").strip()
-    if pod and identity_problem(pod) is None:
-        return pod
+    """``<POD_NAME or hostname>_<pid>_<random>``: readable, and unique to this process.
+
+    Every worker process of a pod (gunicorn, uvicorn, Celery, uWSGI) shares ``POD_NAME`` and the
+    host name, so neither may be an identity on its own: two processes with one identity would
+    both believe they hold the lease.
+    """
     import socket  # deferred: only needed when no identity is given
 
-    return f"{socket.gethostname()}_{os.getpid()}_{os.urandom(3).hex()}"
+    node = os.environ.get("POD_NAME", "").strip() or socket.gethostname() or "host"
+    suffix = f"_{os.getpid()}_{os.urandom(3).hex()}"
+    node = node[:MAX_IDENTITY_LENGTH - len(suffix)]
+    identity = node + suffix
+    return identity if identity_problem(identity) is None else f"replica{suffix}"

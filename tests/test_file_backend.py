@@ -271,7 +271,7 @@ def test_default_directory_is_private_and_per_user(
     directory = Path(default_lease_dir())
     assert directory == tmp_path / "singleton_jobs"
     assert stat.S_IMODE(directory.stat().st_mode) == 0o700
-    assert FileLeaseStore().path == str(directory / "leader.lease")
+    assert FileLeaseStore(name="leader").path == str(directory / "leader.lease")
 
 
 def test_default_directory_open_to_others_is_refused(

@@ -28,6 +28,7 @@ import contextlib
 import errno
 import math
 import os
+import re
 import stat
 import time
 from collections.abc import Callable, Iterator
@@ -48,6 +49,43 @@ MAX_LEASE_BYTES = 4096
 #: Timestamps further ahead of our clock than this are garbage, not clock skew.
 MAX_CLOCK_AHEAD = 86400.0
 DEFAULT_FILE_NAME = "leader.lease"
+#: What a lease ``name`` may contain: it becomes a file name in the default lease directory.
+_LEASE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def lease_name_problem(name: object) -> str | None:
+    """Why ``name`` cannot name a lease file, or None when it can."""
+    if not isinstance(name, str):
+        return f"must be a string, not {type(name).__name__}"
+    if not _LEASE_NAME.fullmatch(name):
+        return ("must be 1 to 128 letters, digits, '.', '_' or '-', starting with a letter or "
+                "digit (for example 'report-mailer')")
+    return None
+
+
+def resolve_lease_path(path: StrPath | None, name: str | None) -> str:
+    """The lease file for ``path`` or ``name``: one of them, never both, never neither.
+
+    Two different programs on one host must not share a lease by accident (one would never
+    run its jobs), so there is no implicit default file: ``name`` picks
+    ``<default_lease_dir()>/<name>.lease``.
+
+    :raises ConfigurationError: neither or both given, or an invalid name.
+    """
+    if path is not None and name is not None:
+        raise ConfigurationError(f"pass either a lease path ({os.fspath(path)!r}) or name= "
+                                 f"({name!r}), not both")
+    if path is not None:
+        return os.path.abspath(os.fspath(path))
+    if name is None:
+        raise ConfigurationError(
+            "a file lease needs a path or a name: pass name='my-app' (every replica of the "
+            f"program uses {os.path.join(default_lease_dir(), 'my-app.lease')}) or an explicit "
+            "path; each program needs its own lease, or one of them would never run its jobs")
+    problem = lease_name_problem(name)
+    if problem is not None:
+        raise ConfigurationError(f"lease name {name!r} {problem}")
+    return default_lease_path(f"{name}.lease")
 
 
 def default_lease_dir() -> str:
@@ -146,16 +184,19 @@ def _timestamp(text: str, now: float) -> float:
 class FileLeaseStore(LeaseStore):
     """A lease kept in ``path``; writers serialize on ``path + ".lock"``.
 
-    ``mode`` is applied exactly (not filtered by the umask) to the lease and lock files.
+    ``name`` instead of ``path`` picks ``<name>.lease`` in :func:`default_lease_dir`. ``mode``
+    is applied exactly (not filtered by the umask) to the lease and lock files.
 
-    :raises ConfigurationError: the path is unusable (a directory, a symlink, a missing parent,
-        no permission, a read-only filesystem); the message names the path and the fix.
+    :raises ConfigurationError: neither ``path`` nor ``name`` given; the path is unusable (a
+        directory, a symlink, a missing parent, no permission, a read-only filesystem); the
+        message names the path and the fix.
     """
 
-    def __init__(self, path: StrPath | None = None, *, mode: int = 0o600) -> None:
+    def __init__(self, path: StrPath | None = None, *, name: str | None = None,
+                 mode: int = 0o600) -> None:
         import filelock  # deferred: importing filelock costs more than the rest of the package
 
-        self.path = os.path.abspath(default_lease_path() if path is None else os.fspath(path))
+        self.path = resolve_lease_path(path, name)
         self.lock_path = self.path + ".lock"
         # The highest transitions ever written, kept apart from the lease so that fencing tokens
         # keep growing even if the lease file is deleted or overwritten.
@@ -165,6 +206,7 @@ class FileLeaseStore(LeaseStore):
         self._check_path()
         self._lock: filelock.BaseFileLock = filelock.FileLock(self.lock_path, mode=mode)
         self._timeout_error: type[Exception] = filelock.Timeout
+        self._tmp_prefix = f".{os.path.basename(self.path)}."
 
     @property
     def name(self) -> str:
@@ -233,6 +275,11 @@ class FileLeaseStore(LeaseStore):
     def create(self, record: LeaseRecord, *, timeout: float = 10.0) -> Version | None:
         data = format_record(record)
         with self._locked(timeout):
+            if os.path.lexists(self.path):
+                return None
+            # Before the record, so that the floor never lags behind a token in use.
+            self._remove_stale_temporaries()
+            self._raise_fence(record.transitions)
             try:
                 fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
                              self.mode)
@@ -249,7 +296,6 @@ class FileLeaseStore(LeaseStore):
             finally:
                 os.close(fd)
             self._sync_directory()
-            self._raise_fence(record.transitions)
         return data
 
     def update(self, record: LeaseRecord, version: Version, *,
@@ -258,8 +304,10 @@ class FileLeaseStore(LeaseStore):
         with self._locked(timeout):
             if self._read() != version:
                 return None
+            if record.transitions > self._fence_written:  # a new term, not a renewal
+                self._remove_stale_temporaries()
+                self._raise_fence(record.transitions)
             self._replace(self.path, data)
-            self._raise_fence(record.transitions)
         return data
 
     # -- file operations ------------------------------------------------------------------------
@@ -326,6 +374,20 @@ class FileLeaseStore(LeaseStore):
                 return  # only a safety net: the lease itself carries the counter
         self._fence_written = transitions
 
+    def _remove_stale_temporaries(self) -> None:
+        """Delete temporary files of writers killed mid-write (held under the lock: no live
+        writer has one open now). Runs when the lease changes hands, not on every renew."""
+        directory = os.path.dirname(self.path)
+        prefixes = (self._tmp_prefix, f".{os.path.basename(self.fence_path)}.")
+        try:
+            names = os.listdir(directory)
+        except OSError:
+            return
+        for name in names:
+            if name.endswith(".tmp") and name.startswith(prefixes):
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(directory, name))
+
     def _replace(self, path: str, data: bytes) -> None:
         directory, name = os.path.split(path)
         tmp = os.path.join(directory, f".{name}.{os.urandom(4).hex()}.tmp")
@@ -368,8 +430,11 @@ def _write_all(fd: int, data: bytes) -> None:
 class FileElector(Elector):
     """An :class:`~singleton_jobs.Elector` on a :class:`FileLeaseStore` at ``path``.
 
-    ``path`` defaults to ``leader.lease`` in :func:`default_lease_dir`; ``mode`` (default
-    0600) is the lease file's permission bits.
+    Give ``path``, or ``name`` for ``<name>.lease`` in :func:`default_lease_dir`; every replica
+    of one program must use the same one, and different programs different ones. ``mode``
+    (default 0600) is the lease file's permission bits.
+
+    :raises ConfigurationError: neither ``path`` nor ``name``, or an unusable path.
     """
 
     store: FileLeaseStore
@@ -378,6 +443,7 @@ class FileElector(Elector):
         self,
         path: StrPath | None = None,
         *,
+        name: str | None = None,
         mode: int = 0o600,
         identity: str | None = None,
         lease_duration: float = 15.0,
@@ -387,7 +453,7 @@ class FileElector(Elector):
         on_stopped_leading: Callable[[], Any] | None = None,
         on_new_leader: Callable[[str], Any] | None = None,
     ) -> None:
-        super().__init__(FileLeaseStore(path, mode=mode), identity=identity,
+        super().__init__(FileLeaseStore(path, name=name, mode=mode), identity=identity,
                          lease_duration=lease_duration, renew_deadline=renew_deadline,
                          retry_period=retry_period, on_started_leading=on_started_leading,
                          on_stopped_leading=on_stopped_leading, on_new_leader=on_new_leader)

@@ -20,9 +20,16 @@ Guarantees:
 * The store keeps the Lease object from its last read or write and sends it back with a new
   spec, as client-go does: the leader's steady-state renew is exactly one PUT, and labels,
   annotations and spec fields this store does not own survive it.
-* Every request has a timeout, the one the elector passes (at most ``renew_deadline``), split
-  evenly between connecting and waiting for the answer. urllib3's automatic retries are off in
-  the store's own client, since each retry would start the timeout again.
+* Every request has a timeout, the one the elector passes (at most ``renew_deadline``), as one
+  total for connecting and waiting for the answer, so a slow API server gets the whole budget.
+  urllib3's automatic retries are off in the store's own client, since each retry would start
+  the timeout again.
+* Fencing tokens survive a deleted Lease: the highest ``leaseTransitions`` ever written is kept
+  in a second Lease, ``<name>-fence`` (written only when the holder changes, never on a renew),
+  and a Lease created again continues above it. A replica that finds the Lease missing while
+  the fence exists waits one lease duration before creating it, since its last holder may still
+  believe it leads. If the fence cannot be read or written (a Role limited by
+  ``resourceNames``) a warning says so, and tokens restart at 0 when the Lease is deleted.
 * Content that is not a valid lease record (wrong JSON types, unparseable times) is a lease
   held by nobody valid: the elector takes it over one lease duration after it saw it, never at
   once. Transport failures, 5xx and answers that are not a Lease raise ``LeaseStoreError``; 401,
@@ -61,6 +68,7 @@ import logging
 import os
 import re
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -261,6 +269,16 @@ def spec_from_record(record: LeaseRecord) -> dict[str, Any]:
             "leaseTransitions": record.transitions}
 
 
+def fence_name(name: str) -> str:
+    """The Lease that keeps the fencing floor of the Lease ``name``."""
+    return name[:MAX_NAME_LENGTH - 6].rstrip(".-") + "-fence"
+
+
+def _major(version: str) -> int:
+    head = version.split(".", 1)[0]
+    return int(head) if head.isdigit() else 0
+
+
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -311,6 +329,13 @@ class KubernetesLeaseStore(LeaseStore):
         self._api_client: Any = _private_api_client(client, api_client)
         self._collection_path = f"/apis/{API_VERSION}/namespaces/{self.namespace}/leases"
         self._path = f"{self._collection_path}/{name}"
+        self.fence_name = fence_name(name)
+        self._fence_path = f"{self._collection_path}/{self.fence_name}"
+        self._fence_written = -1
+        self._fence_warned = False
+        # kubernetes < 36 ignores a float timeout; a (connect, read) pair bounds each part.
+        version = getattr(importlib.import_module("kubernetes"), "__version__", "0")
+        self._total_timeout = _major(version) >= 36
         self._lock = threading.Lock()
         # The Lease object (the server's JSON) from the last read or write: a renew sends it
         # back with only the spec changed, as client-go does, so it needs no read first.
@@ -347,7 +372,13 @@ class KubernetesLeaseStore(LeaseStore):
             return None
         raise self._error(status, body, "get")
 
+    def transitions_floor(self, *, timeout: float = 10.0) -> int:
+        """The highest transitions kept in the fence Lease, or -1 if there is none."""
+        fence = self._read_fence(timeout)
+        return -1 if fence is None else fence[0]
+
     def create(self, record: LeaseRecord, *, timeout: float = 10.0) -> Version | None:
+        timeout = self._raise_fence(record.transitions, timeout)
         lease = {"apiVersion": API_VERSION, "kind": "Lease",
                  "metadata": {"name": self.lease_name, "namespace": self.namespace},
                  "spec": spec_from_record(record)}
@@ -364,6 +395,7 @@ class KubernetesLeaseStore(LeaseStore):
                timeout: float = 10.0) -> Version | None:
         if not isinstance(version, LeaseVersion):
             return None  # not a version of a Lease, so never the current one
+        timeout = self._raise_fence(record.transitions, timeout)
         status, body = self._request("PUT", self._path, self._lease_body(record, version),
                                      timeout)
         if status in (200, 201):
@@ -374,6 +406,62 @@ class KubernetesLeaseStore(LeaseStore):
             self._raise_if_namespace_missing(body)
             return None  # the Lease is gone, so `version` is not current
         raise self._error(status, body, "update")
+
+    # -- the fencing floor ----------------------------------------------------------------------
+
+    def _read_fence(self, timeout: float) -> tuple[int, str] | None:
+        """(transitions, resourceVersion) of the fence Lease, or None if it does not exist or
+        cannot be read (then a warning says why, once)."""
+        status, body = self._request("GET", self._fence_path, None, timeout)
+        if status == 404:
+            return None
+        if status != 200:
+            self._fence_problem(self._error(status, body, "get"))
+            return None
+        try:
+            fence = json.loads(body)
+            transitions = fence["spec"]["leaseTransitions"]
+            version = fence["metadata"]["resourceVersion"]
+        except (ValueError, KeyError, TypeError):
+            return None
+        if not _is_int(transitions) or not isinstance(version, str):
+            return None
+        return transitions, version
+
+    def _raise_fence(self, transitions: int, timeout: float) -> float:
+        """Keep ``transitions`` as the floor before a record carrying it is written; return
+        what is left of ``timeout``. Renewals (no new transitions) cost nothing."""
+        if transitions <= self._fence_written:
+            return timeout
+        deadline = time.monotonic() + timeout
+        fence = self._read_fence(timeout)
+        if fence is not None and fence[0] >= transitions:
+            self._fence_written = transitions
+            return max(deadline - time.monotonic(), MIN_REQUEST_TIMEOUT)
+        spec = {"holderIdentity": "", "leaseTransitions": transitions}
+        metadata: dict[str, Any] = {
+            "name": self.fence_name, "namespace": self.namespace,
+            "annotations": {"singleton-jobs/fence-for": self.lease_name}}
+        if fence is None:
+            method, path = "POST", self._collection_path
+        else:
+            method, path = "PUT", self._fence_path
+            metadata["resourceVersion"] = fence[1]
+        body = {"apiVersion": API_VERSION, "kind": "Lease", "metadata": metadata, "spec": spec}
+        status, answer = self._request(method, path, body,
+                                       max(deadline - time.monotonic(), MIN_REQUEST_TIMEOUT))
+        if status in (200, 201):
+            self._fence_written = transitions
+        elif status != 409:  # 409: another replica moved it at the same moment; fine
+            self._fence_problem(self._error(status, answer, "write"))
+        return max(deadline - time.monotonic(), MIN_REQUEST_TIMEOUT)
+
+    def _fence_problem(self, error: SingletonJobsError) -> None:
+        if not self._fence_warned:
+            self._fence_warned = True
+            logger.warning("fence Lease %s/%s unusable (%s): fencing tokens of %s restart at 0 "
+                           "if that Lease is deleted; grant get, create and update on the "
+                           "fence Lease too", self.namespace, self.fence_name, error, self.name)
 
     # -- requests -------------------------------------------------------------------------------
 
@@ -403,9 +491,10 @@ class KubernetesLeaseStore(LeaseStore):
                  timeout: float) -> tuple[int, bytes]:
         """Send one request; return the HTTP status and body. Only transport failures raise."""
         timeout = max(timeout, MIN_REQUEST_TIMEOUT)
-        # A (connect, read) pair, because kubernetes < 36 silently ignores a float timeout; an
-        # even split keeps connecting plus waiting for the answer within `timeout`.
-        request_timeout = (timeout / 2, timeout / 2)
+        # One total for connect and read: an API server that answers slowly gets the whole
+        # budget. kubernetes < 36 silently ignores a float, so there a (connect, read) pair.
+        request_timeout: float | tuple[float, float] = (
+            timeout if self._total_timeout else (timeout, timeout))
         headers = {"Accept": "application/json"}
         if body is not None:
             headers["Content-Type"] = "application/json"
