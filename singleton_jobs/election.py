@@ -177,6 +177,7 @@ class Elector:
         self._term_duration = 0.0                   # longest duration seen in the current term
         self._absent_since: float | None = None     # when the record was first seen missing
         self._highest_transitions = -1
+        self._write_started = -math.inf            # when the last store write was sent
         self._duplicate_reported = False
 
         self._changed = threading.Condition()       # notified on every leadership change
@@ -289,9 +290,12 @@ class Elector:
             if previous is not None and previous.is_alive():
                 raise SingletonJobsError(f"{self.identity}: the previous election thread is "
                                          "still finishing a store call; try start() again later")
-            if not self._identity_given and self._identity_pid != os.getpid():
-                # Created before a fork, started after it: the parent's identity is not ours.
-                self.identity = default_identity()
+            if self._identity_pid != os.getpid():
+                # Created before a fork, started after it: the parent's identity, locks and
+                # connections are not this process's.
+                self.store.after_fork()
+                if not self._identity_given:
+                    self.identity = default_identity()
                 self._identity_pid = os.getpid()
             self._owner_pid = os.getpid()
             self._running = True
@@ -420,10 +424,9 @@ class Elector:
     def _campaign(self) -> bool:
         """Try to acquire until it works (True) or the elector stops (False)."""
         while not self._stopping.is_set():
-            started = self._monotonic()
-            outcome = self._try_acquire_or_renew(timeout=self.renew_deadline)
+            outcome = self._try_acquire_or_renew()
             if outcome is _LEADING:
-                if self._become_leader(started):
+                if self._become_leader(self._write_started):
                     return True
                 return False  # stopped meanwhile: _run releases what we just acquired
             wait = self.retry_period * (1 - random.uniform(0, ACQUIRE_JITTER))
@@ -449,16 +452,17 @@ class Elector:
                 self._sit_out()
                 return
             last_attempt = self._monotonic()
-            remaining = self._leading_until - last_attempt
-            if remaining <= 0:
+            if last_attempt >= self._leading_until:
                 self._step_down(self._missed_deadline())
                 return
-            outcome = self._try_acquire_or_renew(timeout=remaining)
+            # Each attempt may take the whole renew deadline, even past _leading_until: guards
+            # already see is_leader False then, and a slow API server still gets through.
+            outcome = self._try_acquire_or_renew()
             if outcome is _LEADING:
                 with self._changed:  # stop() may have ended leadership while we renewed
                     if not self._stopping.is_set() and self._leading:
                         self._leading_until = max(self._leading_until,
-                                                  last_attempt + self.renew_deadline)
+                                                  self._write_started + self.renew_deadline)
             elif outcome is _HELD:
                 holder = self._snapshot[0].holder if self._snapshot else "?"
                 self._step_down(f"lease taken by {holder}")
@@ -510,10 +514,16 @@ class Elector:
                 and record.transitions == term.transitions
                 and abs(record.acquire_time - term.acquire_time) < 1e-5)
 
-    def _try_acquire_or_renew(self, timeout: float) -> str:
+    def _try_acquire_or_renew(self) -> str:
+        """One attempt; on success ``_write_started`` is when the winning write was sent.
+
+        Leading is safe until ``_write_started + renew_deadline``: no follower can have seen
+        the written record before it was sent, and each waits ``lease_duration`` from then.
+        Every store call may take up to ``renew_deadline``.
+        """
         # Microseconds, the precision every backend stores: _is_ours compares acquire times.
         now = round(self._wall(), 6)
-        left = self._time_left(timeout)
+        left = self._call_timeout
         try:
             if self._leading:
                 # Fast path, as in client-go: a leader assumes the record is still the one it
@@ -522,6 +532,7 @@ class Elector:
                 if cached is not None and term is not None and self._is_ours(cached[0]) \
                         and self._absent_since is None:
                     record = term._replace(lease_duration=self.lease_duration, renew_time=now)
+                    self._write_started = self._monotonic()
                     new_version = self.store.update(record, cached[1], timeout=left())
                     if new_version is not None:
                         self._last_error = ""
@@ -548,6 +559,7 @@ class Elector:
                 record = LeaseRecord(self.identity, self.lease_duration, now, now, highest + 1)
             else:
                 return _HELD
+            self._write_started = self._monotonic()
             new_version = self.store.update(record, version, timeout=left())
         except Exception as exc:  # noqa: BLE001 - any store failure is a failed attempt
             message = f"{type(exc).__name__}: {exc}"
@@ -576,20 +588,26 @@ class Elector:
         # its renew deadline: wait one lease duration from the moment we saw it gone. Only a
         # store that never held a lease is taken at once (a fleet's very first start).
         existed = floor >= 0 or self._snapshot is not None
-        if not leading and existed and self._monotonic() < self._expires_at():
+        term = self._term
+        if leading and term is not None and floor <= term.transitions:
+            # Our own lease deleted under us: put our term back (same fencing token), as for
+            # garbage written over it. Followers that saw it vanish are still waiting.
+            record = term._replace(lease_duration=self.lease_duration, renew_time=now)
+        elif not leading and existed and self._monotonic() < self._expires_at():
             return _HELD
-        record = LeaseRecord(self.identity, self.lease_duration, now, now,
-                             max(self._highest_transitions, floor) + 1)
+        else:
+            record = LeaseRecord(self.identity, self.lease_duration, now, now,
+                                 max(self._highest_transitions, floor) + 1)
+        self._write_started = self._monotonic()
         version = self.store.create(record, timeout=left())
         if version is None:
             return _CONFLICT
         self._observe(record, version, written=True)
         return _LEADING
 
-    def _time_left(self, timeout: float) -> Callable[[], float]:
-        """Split one ``timeout`` across the several store calls of one attempt."""
-        deadline = self._monotonic() + timeout
-        return lambda: max(deadline - self._monotonic(), 0.001)
+    def _call_timeout(self) -> float:
+        """Every store call is bounded by the renew deadline (DESIGN: backend I/O is bounded)."""
+        return self.renew_deadline
 
     def _observe(self, record: LeaseRecord, version: Version, *, written: bool = False) -> None:
         """Remember what the store holds; restart the expiry clock if it changed.
@@ -669,7 +687,7 @@ class Elector:
         now = round(self._wall(), 6)
         released = snapshot[0]._replace(holder="", lease_duration=1.0, renew_time=now,
                                         acquire_time=now)
-        left = self._time_left(self.renew_deadline)
+        left = self._call_timeout
         try:
             version = self.store.update(released, snapshot[1], timeout=left())
             if version is None:  # our cached version is stale (an ambiguous write): re-read

@@ -6,7 +6,9 @@ With ``--kubernetes-api URL`` the lease is instead the Kubernetes Lease named ``
 Every run of the ``@leader_only`` job appends ``pid token start end`` (monotonic seconds, which
 are comparable across processes on one Linux host) to the journal in one ``O_APPEND`` write.
 State changes are printed as ``LEADER <token> <t>`` / ``FOLLOWER <t>``; SIGTERM stops the
-elector with a release and exits.
+elector with a release and exits. SIGUSR1 makes the replica fork ``--fork-children`` children
+that call the same guarded job in a loop for ``--child-runs-for`` seconds, try to start the
+inherited elector, stop it, and exit with ``sys.exit`` (so inherited ``atexit`` hooks run).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import sys
 import time
 from typing import Any
 
-from singleton_jobs import Elector, FileElector, KubernetesElector, leader_only
+from singleton_jobs import Elector, FileElector, KubernetesElector, SingletonJobsError, leader_only
 
 
 def main() -> int:
@@ -33,6 +35,10 @@ def main() -> int:
     parser.add_argument("--kubernetes-api", metavar="URL",
                         help="use the Lease named PATH on this Kubernetes API server")
     parser.add_argument("--namespace", default="default")
+    parser.add_argument("--identity", help="explicit identity (default: contender-<pid>); "
+                                           "'default' leaves it to the library")
+    parser.add_argument("--fork-children", type=int, default=4)
+    parser.add_argument("--child-runs-for", type=float, default=1.0)
     args = parser.parse_args()
 
     def say(text: str) -> None:
@@ -40,8 +46,10 @@ def main() -> int:
         sys.stdout.flush()
 
     options: dict[str, Any] = dict(
-        identity=f"contender-{os.getpid()}", lease_duration=args.lease_duration,
-        renew_deadline=args.renew_deadline, retry_period=args.retry_period,
+        identity=(None if args.identity == "default"
+                  else args.identity or f"contender-{os.getpid()}"),
+        lease_duration=args.lease_duration, renew_deadline=args.renew_deadline,
+        retry_period=args.retry_period,
         on_started_leading=lambda: say(f"LEADER {elector.fencing_token}"),
         on_stopped_leading=lambda: say("FOLLOWER"))
     elector: Elector
@@ -66,12 +74,39 @@ def main() -> int:
     # A flag, not a threading.Event: Event.set() in a signal handler can deadlock with the
     # Event.wait() it interrupted.
     terminated: list[int] = []
+    fork_requests: list[int] = []
     signal.signal(signal.SIGTERM, lambda signum, frame: terminated.append(signum))
+    signal.signal(signal.SIGUSR1, lambda signum, frame: fork_requests.append(signum))
     elector.start()
-    say("STARTED")
+    say(f"STARTED {elector.identity}")
+
+    def child() -> None:
+        until = time.monotonic() + args.child_runs_for
+        while time.monotonic() < until:
+            assert not elector.is_leader and elector.fencing_token is None
+            job()
+            time.sleep(args.job_every / 4)
+        try:
+            elector.start()
+        except SingletonJobsError as exc:
+            say(f"CHILD-START-REFUSED {os.getpid()} {exc}")
+        elector.stop()
+        say(f"CHILD-DONE {os.getpid()}")
+        sys.exit(0)
+
     while not terminated:
         time.sleep(args.job_every)
         job()
+        if fork_requests:
+            fork_requests.clear()
+            children = []
+            for _ in range(args.fork_children):
+                sys.stdout.flush()
+                pid = os.fork()
+                if pid == 0:
+                    child()
+                children.append(pid)
+            say("FORKED " + " ".join(map(str, children)))
     elector.stop(release=True)
     say("STOPPED")
     return 0

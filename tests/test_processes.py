@@ -78,13 +78,17 @@ class Cluster:
             self.lease_args = [unique_lease_name("cluster"), "--kubernetes-api", kubernetes_api,
                                "--namespace", "default"]
 
-    def start(self, count: int = 1) -> None:
+    def start(self, count: int = 1, *extra: str,
+              env: dict[str, str] | None = None) -> list[Process]:
+        started = []
         for _ in range(count):
             process = self.spawn(
                 str(HERE / "contender.py"), self.lease_args[0], str(self.journal),
                 *self.lease_args[1:], "--lease-duration", str(LEASE),
-                "--renew-deadline", str(RENEW), "--retry-period", str(RETRY))
+                "--renew-deadline", str(RENEW), "--retry-period", str(RETRY), *extra, env=env)
             self.replicas[process.pid] = process
+            started.append(process)
+        return started
 
     def runs(self) -> list[Run]:
         return read_journal(self.journal)

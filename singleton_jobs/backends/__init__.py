@@ -67,6 +67,14 @@ class LeaseStore(abc.ABC):
         """
         return -1
 
+    def after_fork(self) -> None:  # noqa: B027 - optional
+        """Drop what this process inherited from its parent (locks, connections).
+
+        Called in a child process when an elector that was created, but never started, in the
+        parent starts there; a socket or lock shared with the parent would mix both processes'
+        requests.
+        """
+
     @property
     def name(self) -> str:
         """Where the lease lives, for log lines and error messages."""

@@ -206,11 +206,17 @@ class FileLeaseStore(LeaseStore):
         self._check_path()
         self._lock: filelock.BaseFileLock = filelock.FileLock(self.lock_path, mode=mode)
         self._timeout_error: type[Exception] = filelock.Timeout
+        self._filelock = filelock
         self._tmp_prefix = f".{os.path.basename(self.path)}."
 
     @property
     def name(self) -> str:
         return self.path
+
+    def after_fork(self) -> None:
+        """A lock object must not cross a fork: the child gets its own."""
+        self._lock = self._filelock.FileLock(self.lock_path, mode=self.mode)
+        self._fence_written = -1
 
     def _check_path(self) -> None:
         path, parent = self.path, os.path.dirname(self.path)

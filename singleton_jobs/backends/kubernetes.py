@@ -68,7 +68,6 @@ import logging
 import os
 import re
 import threading
-import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -327,11 +326,13 @@ class KubernetesLeaseStore(LeaseStore):
             importlib.import_module("urllib3.exceptions").HTTPError,
             importlib.import_module("kubernetes.config").ConfigException)
         self._api_client: Any = _private_api_client(client, api_client)
+        self._client_module = client
         self._collection_path = f"/apis/{API_VERSION}/namespaces/{self.namespace}/leases"
         self._path = f"{self._collection_path}/{name}"
         self.fence_name = fence_name(name)
         self._fence_path = f"{self._collection_path}/{self.fence_name}"
         self._fence_written = -1
+        self._fence_version: str | None = None
         self._fence_warned = False
         # kubernetes < 36 ignores a float timeout; a (connect, read) pair bounds each part.
         version = getattr(importlib.import_module("kubernetes"), "__version__", "0")
@@ -344,6 +345,15 @@ class KubernetesLeaseStore(LeaseStore):
     @property
     def name(self) -> str:
         return f"{self.namespace}/{self.lease_name}"
+
+    def after_fork(self) -> None:
+        """A connection pool must not cross a fork: both processes would read each other's
+        answers from one keep-alive socket. The child gets a client of its own."""
+        self._api_client = _private_api_client(self._client_module, self._api_client)
+        self._fence_written = -1
+        self._fence_version = None
+        self._lock = threading.Lock()
+        self._lease = None
 
     @property
     def host(self) -> str:
@@ -430,31 +440,40 @@ class KubernetesLeaseStore(LeaseStore):
 
     def _raise_fence(self, transitions: int, timeout: float) -> float:
         """Keep ``transitions`` as the floor before a record carrying it is written; return
-        what is left of ``timeout``. Renewals (no new transitions) cost nothing."""
+        the timeout for the next request. Renewals (no new transitions) cost nothing; a
+        takeover costs one PUT once this store knows the fence's version."""
         if transitions <= self._fence_written:
             return timeout
-        deadline = time.monotonic() + timeout
-        fence = self._read_fence(timeout)
-        if fence is not None and fence[0] >= transitions:
-            self._fence_written = transitions
-            return max(deadline - time.monotonic(), MIN_REQUEST_TIMEOUT)
-        spec = {"holderIdentity": "", "leaseTransitions": transitions}
-        metadata: dict[str, Any] = {
-            "name": self.fence_name, "namespace": self.namespace,
-            "annotations": {"singleton-jobs/fence-for": self.lease_name}}
-        if fence is None:
-            method, path = "POST", self._collection_path
-        else:
-            method, path = "PUT", self._fence_path
-            metadata["resourceVersion"] = fence[1]
-        body = {"apiVersion": API_VERSION, "kind": "Lease", "metadata": metadata, "spec": spec}
-        status, answer = self._request(method, path, body,
-                                       max(deadline - time.monotonic(), MIN_REQUEST_TIMEOUT))
-        if status in (200, 201):
-            self._fence_written = transitions
-        elif status != 409:  # 409: another replica moved it at the same moment; fine
-            self._fence_problem(self._error(status, answer, "write"))
-        return max(deadline - time.monotonic(), MIN_REQUEST_TIMEOUT)
+        known = self._fence_version
+        fence = (self._fence_written, known) if known else self._read_fence(timeout)
+        for _ in range(2):
+            if fence is not None and fence[0] >= transitions:
+                self._fence_written = fence[0]
+                return timeout
+            metadata: dict[str, Any] = {
+                "name": self.fence_name, "namespace": self.namespace,
+                "annotations": {"singleton-jobs/fence-for": self.lease_name}}
+            if fence is None:
+                method, path = "POST", self._collection_path
+            else:
+                method, path = "PUT", self._fence_path
+                metadata["resourceVersion"] = fence[1]
+            body = {"apiVersion": API_VERSION, "kind": "Lease", "metadata": metadata,
+                    "spec": {"holderIdentity": "", "leaseTransitions": transitions}}
+            status, answer = self._request(method, path, body, timeout)
+            if status in (200, 201):
+                try:
+                    version = json.loads(answer)["metadata"]["resourceVersion"]
+                except (ValueError, KeyError, TypeError):
+                    version = None
+                self._fence_written = transitions
+                self._fence_version = version if isinstance(version, str) else None
+                return timeout
+            if status not in (404, 409):
+                self._fence_problem(self._error(status, answer, "write"))
+                return timeout
+            fence = self._read_fence(timeout)  # moved by another replica, or gone: look again
+        return timeout
 
     def _fence_problem(self, error: SingletonJobsError) -> None:
         if not self._fence_warned:
