@@ -553,9 +553,10 @@ class Elector:
                 # writing our record back over it is safe and keeps the fleet led.
                 record = term._replace(lease_duration=self.lease_duration, renew_time=now)
             elif current.released or self._monotonic() >= self._expires_at():
-                highest = max(current.transitions, self._highest_transitions)
-                if not current.readable:  # its counter is lost: ask the store for a floor
-                    highest = max(highest, self.store.transitions_floor(timeout=left()))
+                # The record's counter may have been lost or lowered by hand: the store's
+                # floor keeps the new token above every token used before.
+                highest = max(current.transitions, self._highest_transitions,
+                              self.store.transitions_floor(timeout=left()))
                 record = LeaseRecord(self.identity, self.lease_duration, now, now, highest + 1)
             else:
                 return _HELD

@@ -295,6 +295,39 @@ def test_fencing_token_keeps_growing_when_the_lease_is_deleted_after_its_leader_
     assert_tokens_increase(cluster.runs())
 
 
+@pytest.mark.parametrize("backend", ["file", "kubernetes"])
+def test_record_rewritten_by_hand_with_a_lower_counter_does_not_lower_the_token(
+        backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    def store() -> Any:
+        if backend == "file":
+            return FileLeaseStore(tmp_path / "lease")
+        from singleton_jobs import KubernetesLeaseStore
+
+        api: FakeKubernetesApi = request.getfixturevalue("k8s_api")
+        return KubernetesLeaseStore(name, namespace="default",
+                                    api_client=k8s_api_client(api.url))
+
+    name = unique_lease_name("lowered")
+    timings = {"lease_duration": 1, "renew_deadline": 0.6, "retry_period": 0.1}
+    tokens = []
+    for round_ in range(3):  # three terms: tokens 0, 1, 2
+        elector = Elector(store(), identity=f"r{round_}", **timings)  # type: ignore[arg-type]
+        with elector:
+            assert elector.wait_for_leadership(10)
+            tokens.append(elector.fencing_token)
+    # What the seed's Go program writes: a holder and a timestamp, no counter (0).
+    hand = store()
+    snapshot = hand.get(timeout=5)
+    assert snapshot is not None
+    now = time.time()
+    assert hand.update(LeaseRecord("old-go-binary", 1.0, now, now, 0), snapshot[1], timeout=5)
+    elector = Elector(store(), identity="next", **timings)  # type: ignore[arg-type]
+    with elector:
+        assert elector.wait_for_leadership(10)
+        tokens.append(elector.fencing_token)
+    assert tokens == sorted(set(tokens)) and tokens[-1] > tokens[-2], tokens
+
+
 def test_lease_duration_shortened_by_another_writer_does_not_let_a_follower_take_over(
         tmp_path: Path) -> None:
     path = tmp_path / "lease"

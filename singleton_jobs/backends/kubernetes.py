@@ -332,7 +332,7 @@ class KubernetesLeaseStore(LeaseStore):
         self.fence_name = fence_name(name)
         self._fence_path = f"{self._collection_path}/{self.fence_name}"
         self._fence_written = -1
-        self._fence_version: str | None = None
+        self._fence_seen: tuple[int, str] | None = None  # (transitions, resourceVersion)
         self._fence_warned = False
         # kubernetes < 36 ignores a float timeout; a (connect, read) pair bounds each part.
         version = getattr(importlib.import_module("kubernetes"), "__version__", "0")
@@ -351,7 +351,7 @@ class KubernetesLeaseStore(LeaseStore):
         answers from one keep-alive socket. The child gets a client of its own."""
         self._api_client = _private_api_client(self._client_module, self._api_client)
         self._fence_written = -1
-        self._fence_version = None
+        self._fence_seen = None
         self._lock = threading.Lock()
         self._lease = None
 
@@ -436,6 +436,7 @@ class KubernetesLeaseStore(LeaseStore):
             return None
         if not _is_int(transitions) or not isinstance(version, str):
             return None
+        self._fence_seen = (transitions, version)  # a takeover after this read needs no GET
         return transitions, version
 
     def _raise_fence(self, transitions: int, timeout: float) -> float:
@@ -444,8 +445,7 @@ class KubernetesLeaseStore(LeaseStore):
         takeover costs one PUT once this store knows the fence's version."""
         if transitions <= self._fence_written:
             return timeout
-        known = self._fence_version
-        fence = (self._fence_written, known) if known else self._read_fence(timeout)
+        fence = self._fence_seen or self._read_fence(timeout)
         for _ in range(2):
             if fence is not None and fence[0] >= transitions:
                 self._fence_written = fence[0]
@@ -467,7 +467,7 @@ class KubernetesLeaseStore(LeaseStore):
                 except (ValueError, KeyError, TypeError):
                     version = None
                 self._fence_written = transitions
-                self._fence_version = version if isinstance(version, str) else None
+                self._fence_seen = (transitions, version) if isinstance(version, str) else None
                 return timeout
             if status not in (404, 409):
                 self._fence_problem(self._error(status, answer, "write"))
