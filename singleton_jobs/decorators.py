@@ -96,7 +96,7 @@ def _decorate(func: Callable[..., Any], elector: Elector | None, default: Any,
 
     def skip(chosen: Elector) -> Any:
         nonlocal warned
-        if not warned and not chosen.running:
+        if not warned and not chosen._running:  # a plain read: followers skip on every call
             warned = True  # once per function: a follower's skips are normal and silent
             inherited = chosen._inherited()
             logger.warning(

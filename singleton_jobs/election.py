@@ -232,7 +232,8 @@ class Elector:
 
     @property
     def running(self) -> bool:
-        return self._running and not self._inherited()
+        """True between start() and stop() in the process that started this elector."""
+        return self._running and self._owner_pid == os.getpid()
 
     def add_leadership_listener(self, listener: Callable[[bool], Any]) -> None:
         """Call ``listener(True)`` whenever this replica starts leading, ``listener(False)``
