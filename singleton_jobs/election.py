@@ -26,6 +26,7 @@ import math
 import os
 import queue
 import random
+import sys
 import threading
 import time
 import weakref
@@ -316,6 +317,13 @@ class Elector:
         self._callback_thread.start()
         self._thread.start()
         atexit.register(self.stop)
+        multiprocessing = sys.modules.get("multiprocessing")
+        if multiprocessing is not None and multiprocessing.parent_process() is not None:
+            # A multiprocessing child (a Pool worker, a Process) leaves through os._exit(),
+            # which skips atexit; its own exit hook releases the lease instead.
+            from multiprocessing.util import Finalize
+
+            Finalize(None, self.stop, exitpriority=10)
         logger.info("%s: campaigning for lease %s", self.identity, self.store.name)
         return self
 

@@ -622,3 +622,31 @@ def test_kubernetes_leader_keeps_leading_through_an_api_server_that_answers_in_3
         k8s_api.clear_faults()
         elector.stop()
 
+
+
+def test_multiprocessing_worker_that_started_an_elector_releases_it_when_it_exits(
+        tmp_path: Path) -> None:
+    # Pool workers and Processes leave through os._exit(), which skips atexit.
+    script = tmp_path / "worker.py"
+    script.write_text(f"""
+import multiprocessing, sys
+from singleton_jobs import FileElector, FileLeaseStore
+
+def work(path):
+    elector = FileElector(path, identity="worker", lease_duration=30, renew_deadline=20,
+                          retry_period=1).start()
+    assert elector.wait_for_leadership(10)
+
+if __name__ == "__main__":
+    for method in ("fork", "spawn"):
+        path = {str(tmp_path)!r} + "/" + method + ".lease"
+        process = multiprocessing.get_context(method).Process(target=work, args=(path,))
+        process.start()
+        process.join(60)
+        record, _ = FileLeaseStore(path).get(timeout=5)
+        print(method, process.exitcode, repr(record.holder))
+""")
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["fork 0 ''", "spawn 0 ''"], result.stdout
