@@ -42,7 +42,8 @@ Standalone::
 
 Admin endpoints: ``GET|DELETE /_fake/requests`` (the log), ``POST|DELETE /_fake/faults`` (a
 fault as JSON: kind, methods, count, seconds, status, after), ``POST /_fake/namespaces``
-(``{"name": ...}``), ``GET|PUT /_fake/leases/{ns}/{name}`` (the stored object, verbatim).
+(``{"name": ...}``), ``GET|PUT|DELETE /_fake/leases/{ns}/{name}`` (the stored object,
+verbatim; a DELETE answers with the object it removed, or 404).
 """
 
 from __future__ import annotations
@@ -547,9 +548,11 @@ class FakeKubernetesApi:
             self._leases[(namespace, name)] = stored
             return copy.deepcopy(stored)
 
-    def delete(self, namespace: str, name: str) -> None:
+    def delete(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """Remove the stored object, as a user deleting it by hand; return it (None if there
+        was none). No fault and no log entry: this is not an API request."""
         with self._lock:
-            self._leases.pop((namespace, name), None)
+            return self._leases.pop((namespace, name), None)
 
     # -- HTTP
 
@@ -814,6 +817,9 @@ class FakeKubernetesApi:
                 return _json_answer(200 if stored else 404, stored)
             if len(parts) == 3 and parts[0] == "leases" and method == "PUT":
                 return _json_answer(200, self.plant(parts[1], parts[2], document))
+            if len(parts) == 3 and parts[0] == "leases" and method == "DELETE":
+                deleted = self.delete(parts[1], parts[2])
+                return _json_answer(200 if deleted else 404, deleted)
         except (ValueError, TypeError, KeyError) as exc:
             return _json_answer(400, {"error": str(exc)})
         return _json_answer(404, {"error": f"no admin endpoint {method} {path}"})

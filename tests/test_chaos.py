@@ -8,6 +8,27 @@ import sys
 
 from conftest import HERE
 
+#: The faults of real deployments: a forked leader, two processes with one identity, the lease
+#: deleted by hand, the lease rewritten with a shorter duration. Each short run injects every
+#: fault kind at least once (the script's --min-each 1).
+DEPLOYMENT_FAULTS = ("fork", "duplicate", "delete", "rewrite")
+
+
+def row(output: str, name: str) -> str:
+    """The value column of the table row ``name``."""
+    found = re.search(rf"^  {re.escape(name)} +(.*)$", output, re.MULTILINE)
+    assert found is not None, f"no row {name!r} in:\n{output}"
+    return found.group(1)
+
+
+def count(output: str, name: str) -> int:
+    return int(row(output, name).split()[0])
+
+
+def faults(output: str) -> dict[str, int]:
+    injected = row(output, "faults injected").split(";")[0]
+    return {kind: int(number) for kind, number in re.findall(r"(\S+) (\d+)", injected)}
+
 
 def run_chaos(*args: str) -> str:
     """Run benchmarks/chaos.py; check the verdict lines every run must print; return its output."""
@@ -15,27 +36,29 @@ def run_chaos(*args: str) -> str:
         [sys.executable, str(HERE.parent / "benchmarks" / "chaos.py"), "--duration", "25",
          "--replicas", "4", *args],
         capture_output=True, text=True, timeout=180)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "overlapping leadership intervals  0" in result.stdout
-    assert "fencing-token order violations    0" in result.stdout
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert count(output, "overlapping leadership intervals") == 0, output
+    assert count(output, "fencing-token order violations") == 0, output
+    assert count(output, "runs by forked children") == 0, output
+    assert count(output, "early takeovers after delete/rewrite") == 0, output
+    assert "is_leader True 0 times in a child" in row(output, "forked children"), output
+    injected = faults(output)
+    for kind in DEPLOYMENT_FAULTS:
+        assert injected.get(kind, 0) >= 1, f"no {kind} fault injected:\n{output}"
     assert "chaos: PASS" in result.stdout
     return result.stdout
 
 
-def handovers(output: str) -> int:
-    return int(output.split("handovers")[1].split()[0])
-
-
 def test_short_chaos_run_finds_no_overlap_and_no_token_going_back() -> None:
     output = run_chaos("--fault-every", "1.0")
-    assert handovers(output) >= 5, output
+    assert count(output, "handovers") >= 5, output
 
 
 def test_short_kubernetes_chaos_run_finds_no_overlap_and_no_token_going_back() -> None:
     # One Lease on the fake API server (started by the script), with API-server faults too.
     output = run_chaos("--backend", "kubernetes", "--fault-every", "0.5")
-    assert handovers(output) >= 3, output
-    faults = re.search(r"faults injected +(.*)", output)
-    assert faults is not None, output
-    api_faults = sum(int(count) for count in re.findall(r"api-\S+ (\d+)", faults.group(1)))
+    assert count(output, "handovers") >= 3, output
+    api_faults = sum(number for kind, number in faults(output).items()
+                     if kind.startswith("api-"))
     assert api_faults >= 1, output
