@@ -10,15 +10,32 @@ Two kinds of wrapped store behave differently on followers:
 
 * **per-replica** (``MemoryJobStore``, the default): each replica has its own copy of the
   schedule. A follower advances its copy at each due time as if it had run the job, without
-  running it, so a new leader continues the schedule instead of replaying a backlog.
+  running it, so a new leader continues the schedule instead of replaying a backlog. Leadership
+  is checked *after* the due jobs are read, so a replica that stopped leading during the read
+  skips them.
 * **shared** (``SQLAlchemyJobStore``, ``RedisJobStore``, ``MongoDBJobStore``, …: every other
-  store): one schedule for the whole fleet. Followers neither read nor write it on their own
-  and sleep until they lead. The leader advances a job's ``next_run_time`` in the store
-  *before* handing the run to an executor, so a leader killed mid-way loses at most that run
-  and never makes its successor repeat it. Runs that fell due during a failover are handled by
-  the job's ``misfire_grace_time`` and ``coalesce`` exactly as in a single scheduler. The leader
-  looks at the store at least once per ``retry_period``, so jobs added by any replica are
-  picked up within one retry period.
+  store): one schedule for the fleet. Followers neither read nor write it on their own and
+  sleep until they lead. The leader *claims* each due run before handing it to an executor: it
+  moves the job's ``next_run_time`` on in the store, so a leader killed mid-way loses at most
+  that run and never makes its successor repeat it. Runs that fell due during a failover are
+  handled by the job's ``misfire_grace_time`` and ``coalesce`` exactly as in a single
+  scheduler. The leader looks at the store at least once per ``retry_period``, so jobs added by
+  any replica are picked up within one retry period.
+
+How a claim is made safe against a leader that stops leading while it talks to the store (a
+slow read, a paused process): the leadership *term* (``elector.fencing_token``) is noted before
+the read, and is checked again right before each claim write and right after it; a term that
+ended or changed means the jobs read are left alone, and a claim that succeeded while the term
+ended is not run (that run is lost rather than duplicated: at most once). The claim itself is a
+compare-and-set on the stored ``next_run_time`` where the store offers one — a conditional
+``UPDATE`` for ``SQLAlchemyJobStore``, ``WATCH``/``MULTI`` for ``RedisJobStore``, a filtered
+``update_one`` for ``MongoDBJobStore`` — so a stale read can never set a schedule back that
+another replica moved on. Other stores are claimed with their ``update_job`` between the two
+leadership checks. After submitting a claimed run, APScheduler itself writes the job's next run
+time back (``update_job``) or removes a finished job (``remove_job``); the wrapper absorbs that
+write, since the claim already stored the same schedule, and removes a finished job only if the
+store still holds what the claim wrote (or, without a compare-and-set, while the same term
+lasts) — so the scheduler's bookkeeping can never overwrite a newer schedule either.
 
 When this replica becomes leader the scheduler is woken at once. When it loses leadership, no
 new run starts; a run already executing is not interrupted (pass ``elector.fencing_token`` to
@@ -30,13 +47,16 @@ Requires ``pip install "singleton_jobs[apscheduler]"``.
 from __future__ import annotations
 
 import logging
+import pickle
+import sys
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 try:
     from apscheduler.events import JobEvent, SchedulerEvent
     from apscheduler.jobstores.base import BaseJobStore, JobLookupError
     from apscheduler.jobstores.memory import MemoryJobStore
+    from apscheduler.util import datetime_to_utc_timestamp
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError('singleton_jobs.apscheduler needs APScheduler 3.x: '
                       'pip install "singleton_jobs[apscheduler]"') from exc
@@ -78,6 +98,166 @@ class LeadershipEvent(SchedulerEvent):  # type: ignore[misc]
         self.fencing_token = fencing_token
 
 
+# -- compare-and-set on a job's stored next_run_time, per kind of store ---------------------------
+
+
+def _timestamp(when: datetime | None) -> float | None:
+    """The value the APScheduler stores keep in their ``next_run_time`` column/score/field."""
+    result: float | None = datetime_to_utc_timestamp(when)
+    return result
+
+
+class _CompareAndSet:
+    """Writes to a job store that succeed only while a job's stored ``next_run_time`` is still
+    ``expected``: what a claim needs so that a stale read can never set a schedule back.
+
+    Each subclass uses the wrapped store's own connection, table or keys, and its pickling of
+    job state exactly as the store's ``update_job`` does, so the store reads back what it wrote.
+    """
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+
+    def replace(self, job: Any, expected: datetime | None) -> bool:
+        """Store ``job``'s state if its stored ``next_run_time`` is ``expected``; False if the
+        stored value differs or the job is gone."""
+        raise NotImplementedError
+
+    def remove(self, job_id: str, expected: datetime | None) -> bool:
+        """Delete the job if its stored ``next_run_time`` is ``expected``."""
+        raise NotImplementedError
+
+    def _state(self, job: Any) -> bytes:
+        return pickle.dumps(job.__getstate__(), self.store.pickle_protocol)
+
+
+class _SQLAlchemyCompareAndSet(_CompareAndSet):
+    """``UPDATE/DELETE ... WHERE id = :id AND next_run_time = :expected`` on the store's table."""
+
+    def _same(self, job_id: str, expected: datetime | None) -> Any:
+        from sqlalchemy import and_
+
+        column = self.store.jobs_t.c.next_run_time
+        timestamp = _timestamp(expected)
+        # The column holds datetime_to_utc_timestamp() of the very datetime pickled in the job
+        # state (both written by one statement), so comparing the floats for equality is exact.
+        kept = column.is_(None) if timestamp is None else column == timestamp
+        return and_(self.store.jobs_t.c.id == job_id, kept)
+
+    def replace(self, job: Any, expected: datetime | None) -> bool:
+        table = self.store.jobs_t
+        update = table.update().values(next_run_time=_timestamp(job.next_run_time),
+                                       job_state=self._state(job)).where(
+            self._same(job.id, expected))
+        with self.store.engine.begin() as connection:
+            # Always a real change (next_run_time differs from expected), so even MySQL's
+            # "changed rows" count is 1 exactly when the row matched.
+            return bool(connection.execute(update).rowcount == 1)
+
+    def remove(self, job_id: str, expected: datetime | None) -> bool:
+        delete = self.store.jobs_t.delete().where(self._same(job_id, expected))
+        with self.store.engine.begin() as connection:
+            return bool(connection.execute(delete).rowcount == 1)
+
+
+class _RedisCompareAndSet(_CompareAndSet):
+    """``WATCH`` the jobs hash and run-times sorted set, compare the job's score, ``MULTI``."""
+
+    #: A WATCH fails when *any* job in the two keys changed; look again this many times.
+    ATTEMPTS = 5
+
+    def _apply(self, job_id: str, expected: datetime | None, write: Any) -> bool:
+        from redis.exceptions import WatchError
+
+        store = self.store
+        timestamp = _timestamp(expected)
+        for _ in range(self.ATTEMPTS):
+            with store.redis.pipeline() as pipe:
+                try:
+                    pipe.watch(store.jobs_key, store.run_times_key)
+                    if not pipe.hexists(store.jobs_key, job_id):
+                        return False
+                    score = pipe.zscore(store.run_times_key, job_id)
+                    if (score is None) != (timestamp is None) or (
+                            score is not None and float(score) != timestamp):
+                        return False
+                    pipe.multi()
+                    write(pipe)
+                    pipe.execute()
+                    return True
+                except WatchError:
+                    continue  # some job changed meanwhile (maybe another one): compare again
+        return False
+
+    def replace(self, job: Any, expected: datetime | None) -> bool:
+        store, state = self.store, self._state(job)
+        following = _timestamp(job.next_run_time)
+
+        def write(pipe: Any) -> None:  # what RedisJobStore.update_job writes
+            pipe.hset(store.jobs_key, job.id, state)
+            if following is None:
+                pipe.zrem(store.run_times_key, job.id)
+            else:
+                pipe.zadd(store.run_times_key, {job.id: following})
+
+        return self._apply(job.id, expected, write)
+
+    def remove(self, job_id: str, expected: datetime | None) -> bool:
+        store = self.store
+
+        def write(pipe: Any) -> None:  # what RedisJobStore.remove_job writes
+            pipe.hdel(store.jobs_key, job_id)
+            pipe.zrem(store.run_times_key, job_id)
+
+        return self._apply(job_id, expected, write)
+
+
+class _MongoDBCompareAndSet(_CompareAndSet):
+    """``update_one``/``delete_one`` with the expected ``next_run_time`` in the filter."""
+
+    def replace(self, job: Any, expected: datetime | None) -> bool:
+        from bson.binary import Binary  # type: ignore[import-not-found, unused-ignore]
+
+        changes = {"next_run_time": _timestamp(job.next_run_time),
+                   "job_state": Binary(self._state(job))}
+        result = self.store.collection.update_one(
+            {"_id": job.id, "next_run_time": _timestamp(expected)}, {"$set": changes})
+        # An unacknowledged write (w=0) cannot say whether it matched: treated as done.
+        return not result.acknowledged or bool(result.matched_count == 1)
+
+    def remove(self, job_id: str, expected: datetime | None) -> bool:
+        result = self.store.collection.delete_one(
+            {"_id": job_id, "next_run_time": _timestamp(expected)})
+        return not result.acknowledged or bool(result.deleted_count == 1)
+
+
+#: (module, class, compare-and-set) for the stores that can be claimed atomically.
+_COMPARE_AND_SET = (
+    ("apscheduler.jobstores.sqlalchemy", "SQLAlchemyJobStore", _SQLAlchemyCompareAndSet),
+    ("apscheduler.jobstores.redis", "RedisJobStore", _RedisCompareAndSet),
+    ("apscheduler.jobstores.mongodb", "MongoDBJobStore", _MongoDBCompareAndSet),
+)
+
+
+def _compare_and_set_for(store: Any) -> _CompareAndSet | None:
+    """The compare-and-set for ``store`` (or a subclass), None for stores without one."""
+    for module_name, class_name, kind in _COMPARE_AND_SET:
+        # A store of that class exists only if its module was imported: never import it here
+        # (it would import sqlalchemy, redis or pymongo for nothing).
+        module = sys.modules.get(module_name)
+        if module is not None and isinstance(store, getattr(module, class_name)):
+            return kind(store)
+    return None
+
+
+class _Claim(NamedTuple):
+    """A run this replica claimed in the current pass of the scheduler."""
+
+    job: Any                    # the Job object handed to the scheduler
+    stored: datetime | None     # the next_run_time the claim wrote
+    term: int                   # the leadership term it was claimed in
+
+
 class LeaderOnlyJobStore(BaseJobStore):  # type: ignore[misc]
     """A job store whose jobs run only while ``elector`` leads.
 
@@ -104,6 +284,12 @@ class LeaderOnlyJobStore(BaseJobStore):  # type: ignore[misc]
         self.jobstore = jobstore
         self.shared = not isinstance(jobstore, MemoryJobStore) if shared is None else shared
         self._started_elector = False
+        self._compare_and_set = _compare_and_set_for(jobstore) if self.shared else None
+        # Runs claimed in the scheduler's current pass, by job id, and the finished ones the
+        # scheduler asked to remove. Only the scheduler's thread touches them, under its
+        # job store lock.
+        self._claims: dict[str, _Claim] = {}
+        self._removals: list[_Claim] = []
 
     def __repr__(self) -> str:
         kind = "shared" if self.shared else "per-replica"
@@ -145,14 +331,25 @@ class LeaderOnlyJobStore(BaseJobStore):  # type: ignore[misc]
     # -- what the scheduler asks on every pass ------------------------------------------------
 
     def get_due_jobs(self, now: datetime) -> list[Any]:
-        if self.elector.is_leader:
-            due = self.jobstore.get_due_jobs(now)
-            return self._claim(due, now) if self.shared else due
         if not self.shared:
-            self._skip(self.jobstore.get_due_jobs(now), now)
-        return []
+            due = self.jobstore.get_due_jobs(now)
+            # Checked after the read, not before: leadership may end while it runs.
+            if self.elector.is_leader:
+                return due  # type: ignore[no-any-return]
+            self._skip(due, now)
+            return []
+        self._finish_pass()
+        term = self._term()
+        if term is None:
+            return []
+        due = self.jobstore.get_due_jobs(now)  # may be slow: the term may end meanwhile
+        return self._claim(due, now, term)
 
     def get_next_run_time(self) -> datetime | None:
+        if self.shared:
+            # APScheduler asks this right after it handed this store's due runs over: the
+            # moment to do the removals it asked for during that pass.
+            self._finish_pass()
         if self.elector.is_leader:
             next_run: datetime | None = self.jobstore.get_next_run_time()
             if not self.shared:
@@ -169,27 +366,97 @@ class LeaderOnlyJobStore(BaseJobStore):  # type: ignore[misc]
     def _timezone(self) -> Any:
         return getattr(self._scheduler, "timezone", None)
 
-    def _claim(self, due: list[Any], now: datetime) -> list[Any]:
-        """Advance each due job in the shared store before it runs: at most once, never twice."""
-        claimed = []
+    def _term(self) -> int | None:
+        """The current leadership term (the fencing token), or None when not leading.
+
+        Two checks that see the same term bracket a time in which no other replica led: every
+        change of holder raises the token. Memory only, no I/O.
+        """
+        if not self.elector.is_leader:
+            return None
+        return self.elector.fencing_token
+
+    def _claim(self, due: list[Any], now: datetime, term: int) -> list[Any]:
+        """Move each due job on in the shared store before it runs: at most once, never twice.
+
+        Every store write happens inside the leadership ``term`` the jobs were read in,
+        checked before and after it; nothing but memory work separates the last check from
+        the moment the scheduler hands the runs to its executors.
+        """
+        identity = self.elector.identity
+        claims: list[_Claim] = []
         for job in due:
             run_times = job._get_run_times(now)
             if not run_times:
                 continue
             # The same next fire time the scheduler computes after submitting the run(s).
+            # Without one the claim pauses the job (None): a leader killed before the scheduler
+            # removes it leaves it paused, not re-run.
             following = job.trigger.get_next_fire_time(run_times[-1], now)
             scheduled = job.next_run_time
-            # Without a next fire time the scheduler removes the job after submitting it;
-            # pausing it first means a leader killed in between leaves it paused, not re-run.
+            if self._term() != term:
+                logger.warning("%s: leadership ended while reading job store %r; its due runs "
+                               "(%s first) are left to the next leader", identity, self._alias,
+                               job.id)
+                return []
             job.next_run_time = following
             try:
-                self.jobstore.update_job(job)
+                claimed = self._write_claim(job, scheduled)
             except JobLookupError:
-                continue  # removed by another replica in the meantime
+                claimed = False  # removed by another replica in the meantime
+            except Exception as exc:  # noqa: BLE001 - unknown outcome: do not run it
+                logger.warning("%s: could not claim job %r (scheduled at %s), not running it: "
+                               "%s: %s", identity, job.id, scheduled, type(exc).__name__, exc)
+                claimed = False
             finally:
                 job.next_run_time = scheduled
-            claimed.append(job)
-        return claimed
+            if self._term() != term:
+                logger.warning("%s: leadership ended while claiming job %r (scheduled at %s) "
+                               "in job store %r: not running it (at most once)", identity,
+                               job.id, scheduled, self._alias)
+                return []
+            if not claimed:
+                logger.info("%s: job %r changed in job store %r since it was read; not "
+                            "running the run scheduled at %s", identity, job.id, self._alias,
+                            scheduled)
+                continue
+            claims.append(_Claim(job, following, term))
+        self._claims = {claim.job.id: claim for claim in claims}
+        return [claim.job for claim in claims]
+
+    def _write_claim(self, job: Any, scheduled: datetime) -> bool:
+        if self._compare_and_set is not None:
+            return self._compare_and_set.replace(job, scheduled)
+        # No compare-and-set: the leadership checks around this write are the only guard.
+        self.jobstore.update_job(job)
+        return True
+
+    def _finish_pass(self) -> None:
+        """Forget this pass's claims; remove the finished jobs the scheduler asked to remove."""
+        self._claims = {}
+        removals, self._removals = self._removals, []
+        for claim in removals:
+            job_id = claim.job.id
+            try:
+                if self._compare_and_set is not None:
+                    # Only if the store still holds what the claim wrote: nobody changed it.
+                    removed = self._compare_and_set.remove(job_id, claim.stored)
+                elif self._term() == claim.term:
+                    self.jobstore.remove_job(job_id)
+                    removed = True
+                else:
+                    removed = False
+            except JobLookupError:
+                removed = True
+            except Exception as exc:  # noqa: BLE001 - the job stays paused; nothing runs twice
+                logger.warning("%s: could not remove finished job %r from job store %r: %s: %s",
+                               self.elector.identity, job_id, self._alias,
+                               type(exc).__name__, exc)
+                continue
+            if not removed:
+                logger.info("%s: finished job %r changed in job store %r after its last run "
+                            "was claimed; left in place", self.elector.identity, job_id,
+                            self._alias)
 
     def _skip(self, due: list[Any], now: datetime) -> None:
         """On a follower with a per-replica store: move the schedule on without running."""
@@ -222,9 +489,22 @@ class LeaderOnlyJobStore(BaseJobStore):  # type: ignore[misc]
         self.jobstore.add_job(job)
 
     def update_job(self, job: Any) -> None:
+        claim = self._claims.pop(job.id, None)
+        if claim is not None and claim.job is job:
+            # APScheduler's own write after submitting a claimed run: the claim already stored
+            # this schedule. Writing it again could set back a newer schedule written by
+            # another replica since (if this one stopped leading meanwhile). A trigger with
+            # jitter computes a different time on each call; the claimed one is just as valid.
+            return
         self.jobstore.update_job(job)
 
     def remove_job(self, job_id: str) -> None:
+        claim = self._claims.pop(job_id, None)
+        if claim is not None:
+            # APScheduler removes a job whose last run it just handed over. Done once the
+            # pass's runs are all handed over, and only if nobody changed the job since.
+            self._removals.append(claim)
+            return
         self.jobstore.remove_job(job_id)
 
     def remove_all_jobs(self) -> None:

@@ -23,3 +23,9 @@ def record_run(journal: str, label: str = "job", takes: float = 0.0) -> None:
 async def record_run_async(journal: str, label: str = "async") -> None:
     await asyncio.sleep(0)
     record_run(journal, label)
+
+
+def record_run_with_parent(journal: str, label: str = "job") -> None:
+    """Like :func:`record_run`, with the parent's pid in the label (``label@ppid``): run in a
+    process pool, it tells which replica's pool ran the body."""
+    record_run(journal, f"{label}@{os.getppid()}")

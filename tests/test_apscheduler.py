@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
+import subprocess
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aps_jobs import record_run, record_run_async
-from apscheduler.executors.pool import ProcessPoolExecutor
+from aps_stores import PlainJobStore, slow_reading
+from apscheduler.events import EVENT_JOB_EXECUTED
+from apscheduler.executors.pool import ProcessPoolExecutor, ThreadPoolExecutor
 from apscheduler.jobstores.memory import MemoryJobStore
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -287,7 +293,301 @@ def test_follower_scheduler_does_not_spin_on_an_overdue_shared_job(
     assert wrapped.get_next_run_time() is None
 
 
+# -- leadership that ends while a replica waits on the store ------------------------------------
+
+TICK = 0.2
+
+
+class Replica:
+    """One in-process replica: an elector on a shared memory lease and a scheduler whose
+    "leader" job store wraps ``store``; its executed runs go to ``outcomes`` as (name, time)."""
+
+    def __init__(self, name: str, lease: MemoryLeaseStore, store: Any,
+                 outcomes: list[tuple[str, float]], executor: Any = None) -> None:
+        self.elector = Elector(lease, identity=name, **FAST)  # type: ignore[arg-type]
+        self.store = LeaderOnlyJobStore(self.elector, store)
+        self.scheduler = BackgroundScheduler(timezone=timezone.utc)
+        if executor is not None:
+            self.scheduler.add_executor(executor, "default")
+        self.scheduler.add_jobstore(self.store, "leader")
+        self.scheduler.add_listener(
+            lambda event: outcomes.append((name, event.scheduled_run_time.timestamp())),
+            EVENT_JOB_EXECUTED)
+
+    def stop(self) -> None:
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=True)
+        self.elector.stop()
+
+
+@pytest.fixture
+def redis_keys() -> Iterator[dict[str, str]]:
+    """Keys of their own for a RedisJobStore on the Redis server at 127.0.0.1:6379."""
+    redis = pytest.importorskip("redis")
+    client = redis.Redis(host="127.0.0.1", port=6379, socket_timeout=5)
+    try:
+        client.ping()
+    except redis.exceptions.ConnectionError:
+        pytest.skip("no Redis server at 127.0.0.1:6379")
+    prefix = f"singleton_jobs-test-{uuid.uuid4().hex}"
+    keys = {"jobs_key": f"{prefix}.jobs", "run_times_key": f"{prefix}.run_times"}
+    yield keys
+    client.delete(*keys.values())
+    client.close()
+
+
+@pytest.fixture(params=["sqlalchemy", "redis", "plain"])
+def shared_store(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[..., Any]:
+    """Makes job stores that all hold one schedule: ``sqlalchemy`` (an SQLite file), ``redis``
+    (the local server) and ``plain`` (the SQLite file through a store without compare-and-set).
+    ``shared_store(slow=True)`` makes one whose due-jobs read is held by a ReadGate."""
+    kind = request.param
+    if kind == "redis":
+        from apscheduler.jobstores.redis import RedisJobStore
+
+        keys: dict[str, str] = request.getfixturevalue("redis_keys")
+
+        def make_redis(slow: bool = False) -> Any:
+            store_class = slow_reading(RedisJobStore) if slow else RedisJobStore
+            return store_class(host="127.0.0.1", port=6379, socket_timeout=10, **keys)
+
+        return make_redis
+    url = f"sqlite:///{tmp_path / 'jobs.sqlite'}"
+
+    def make_sql(slow: bool = False) -> Any:
+        if kind == "sqlalchemy":
+            return (slow_reading(SQLAlchemyJobStore) if slow else SQLAlchemyJobStore)(url=url)
+        return (slow_reading(PlainJobStore) if slow else PlainJobStore)(SQLAlchemyJobStore(url=url))
+
+    return make_sql
+
+
+def sql_writes_after(store: Any, moment: list[float]) -> list[str]:
+    """The INSERT/UPDATE/DELETE statements ``store`` (if SQL) sends once ``moment`` is set."""
+    from sqlalchemy import event
+
+    writes: list[str] = []
+    engine = getattr(store, "engine", None) or getattr(getattr(store, "inner", None), "engine",
+                                                      None)
+    if engine is not None:
+        def record(conn: Any, cursor: Any, statement: str, *rest: Any) -> None:
+            if moment and statement.split()[0].upper() in ("INSERT", "UPDATE", "DELETE"):
+                writes.append(statement)
+
+        event.listen(engine, "before_cursor_execute", record)
+    return writes
+
+
+def test_replica_whose_leadership_ends_during_a_slow_read_neither_runs_nor_writes(
+        tmp_path: Path, shared_store: Callable[..., Any]) -> None:
+    lease = MemoryLeaseStore()
+    outcomes: list[tuple[str, float]] = []
+    slow = shared_store(slow=True)
+    stale = Replica("stale", lease, slow, outcomes)
+    successor = Replica("successor", lease, shared_store(), outcomes)
+    ended: list[float] = []
+    stale_writes = sql_writes_after(slow, ended)
+    stale.elector.start()
+    try:
+        assert stale.elector.wait_for_leadership(5)
+        stale.scheduler.start()
+        successor.scheduler.start()  # follows: the lease is held
+        first = datetime.now(timezone.utc) + timedelta(seconds=0.3)
+        stale.scheduler.add_job(record_run, "interval", seconds=TICK, start_date=first,
+                                args=[str(tmp_path / "runs")], id="tick", jobstore="leader",
+                                misfire_grace_time=60, coalesce=False)
+        # The stale replica read the job as due; its answer is late, and meanwhile its
+        # leadership ends and the successor takes over and runs the job.
+        assert slow.gate.held.wait(10)
+        ended.append(time.monotonic())
+        stale.elector.stop()
+        assert successor.elector.wait_for_leadership(5)
+        assert wait_until(lambda: len(outcomes) >= 2, 10)
+        slow.gate.released.set()  # the answer arrives: the run it names was already run
+        stale.scheduler.shutdown(wait=True)  # waits for that pass and anything it started
+        ran = len(outcomes)
+        # Long enough for the successor to repeat a run if a stale schedule had been written.
+        assert wait_until(lambda: len(outcomes) >= ran + 3, 10)
+    finally:
+        slow.gate.released.set()
+        stale.stop()
+        successor.stop()
+    assert [t for name, t in outcomes if name == "stale"] == []
+    times = sorted(t for _, t in outcomes)
+    assert len(times) == len(set(times)), "a scheduled run time was executed twice"
+    assert times[0] == pytest.approx(first.timestamp(), abs=0.001)
+    stored = shared_store().lookup_job("tick").next_run_time.timestamp()
+    assert stored > times[-1], "the schedule was set back"
+    assert stale_writes == []
+
+
+@pytest.mark.parametrize("shared_store", ["sqlalchemy", "redis"], indirect=True)
+def test_job_paused_elsewhere_during_a_slow_read_is_not_run_and_stays_paused(
+        tmp_path: Path, shared_store: Callable[..., Any]) -> None:
+    # The leader keeps leading; its read is stale because someone paused the job on another
+    # replica meanwhile. The compare-and-set claim sees that: no run, and the pause stands.
+    lease = MemoryLeaseStore()
+    outcomes: list[tuple[str, float]] = []
+    slow = shared_store(slow=True)
+    leader = Replica("leader", lease, slow, outcomes)
+    other = Replica("other", lease, shared_store(), outcomes)
+    leader.elector.start()
+    try:
+        assert leader.elector.wait_for_leadership(5)
+        leader.scheduler.start()
+        other.scheduler.start()
+        leader.scheduler.add_job(record_run, "interval", seconds=TICK,
+                                 start_date=datetime.now(timezone.utc) + timedelta(seconds=0.3),
+                                 args=[str(tmp_path / "runs")], id="tick", jobstore="leader",
+                                 misfire_grace_time=60, coalesce=False)
+        assert slow.gate.held.wait(10)
+        other.scheduler.pause_job("tick")
+        slow.gate.released.set()
+        leader.scheduler.shutdown(wait=True)  # waits for that pass and anything it started
+        assert leader.elector.is_leader
+    finally:
+        slow.gate.released.set()
+        leader.stop()
+        other.stop()
+    assert outcomes == []
+    assert shared_store().lookup_job("tick").next_run_time is None
+
+
+def test_scheduler_bookkeeping_after_leadership_ended_does_not_set_the_schedule_back(
+        tmp_path: Path, shared_store: Callable[..., Any]) -> None:
+    # APScheduler writes a job's next run time back itself after handing a run over. If the
+    # replica stopped leading in between and the successor moved the schedule on, that write
+    # must not set it back (the successor would repeat a run).
+    lease = MemoryLeaseStore()
+    outcomes: list[tuple[str, float]] = []
+    ended: list[float] = []
+    successor_store = shared_store()
+
+    class LeadershipEndsAfterHandOver(ThreadPoolExecutor):  # type: ignore[misc]
+        def submit_job(self, job: Any, run_times: list[datetime]) -> None:
+            super().submit_job(job, run_times)
+            if not ended:
+                ended.append(time.monotonic())
+                stale.elector.stop()
+                assert wait_until(lambda: len([o for o in outcomes if o[0] == "successor"])
+                                  >= 2, 10)
+
+    stale_store = shared_store()
+    stale_writes = sql_writes_after(stale_store, ended)
+    stale = Replica("stale", lease, stale_store, outcomes, LeadershipEndsAfterHandOver())
+    successor = Replica("successor", lease, successor_store, outcomes)
+    stale.elector.start()
+    try:
+        assert stale.elector.wait_for_leadership(5)
+        stale.scheduler.start()
+        successor.scheduler.start()
+        first = datetime.now(timezone.utc) + timedelta(seconds=0.3)
+        stale.scheduler.add_job(record_run, "interval", seconds=TICK, start_date=first,
+                                args=[str(tmp_path / "runs")], id="tick", jobstore="leader",
+                                misfire_grace_time=60, coalesce=False)
+        assert wait_until(lambda: ended, 10)
+        stale.scheduler.shutdown(wait=True)  # its pass, bookkeeping included, is over
+        ran = len(outcomes)
+        assert wait_until(lambda: len(outcomes) >= ran + 3, 10)
+    finally:
+        stale.stop()
+        successor.stop()
+    # The stale replica ran the first run: it led when it handed that run over.
+    assert [t for name, t in outcomes if name == "stale"] == [
+        pytest.approx(first.timestamp(), abs=0.001)]
+    times = sorted(t for _, t in outcomes)
+    assert len(times) == len(set(times)), "a scheduled run time was executed twice"
+    stored = shared_store().lookup_job("tick").next_run_time.timestamp()
+    assert stored > times[-1], "the schedule was set back"
+    assert stale_writes == []
+
+
+@pytest.mark.parametrize("kind", ["sqlalchemy", "plain"])
+def test_run_claimed_as_leadership_ends_is_not_run_by_anyone(tmp_path: Path, kind: str) -> None:
+    from sqlalchemy import event
+
+    url = f"sqlite:///{tmp_path / 'jobs.sqlite'}"
+    lease = MemoryLeaseStore()
+    outcomes: list[tuple[str, float]] = []
+    stale_store: Any = SQLAlchemyJobStore(url=url)
+    if kind == "plain":
+        stale_store = PlainJobStore(stale_store)
+    stale = Replica("stale", lease, stale_store, outcomes)
+    successor = Replica("successor", lease, SQLAlchemyJobStore(url=url), outcomes)
+    ended: list[bool] = []
+
+    def end_leadership(*ignored: Any) -> None:
+        # The claim has just been written, and the replica's leadership ends before it can
+        # hand the run to an executor (its renew deadline passes during a slow write).
+        if not ended:
+            ended.append(True)
+            stale.elector.stop()
+
+    if kind == "plain":
+        stale_store.after_update = end_leadership
+    else:
+        event.listen(stale_store.engine, "after_cursor_execute",
+                     lambda conn, cursor, statement, *rest: statement.startswith("UPDATE")
+                     and end_leadership())
+    stale.elector.start()
+    try:
+        assert stale.elector.wait_for_leadership(5)
+        stale.scheduler.start()
+        successor.scheduler.start()
+        first = datetime.now(timezone.utc) + timedelta(seconds=0.3)
+        stale.scheduler.add_job(record_run, "interval", seconds=TICK, start_date=first,
+                                args=[str(tmp_path / "runs")], id="tick", jobstore="leader",
+                                misfire_grace_time=60, coalesce=False)
+        assert wait_until(lambda: ended, 10)
+        assert successor.elector.wait_for_leadership(5)
+        assert wait_until(lambda: len(outcomes) >= 3, 10)
+    finally:
+        stale.stop()
+        successor.stop()
+    assert [t for name, t in outcomes if name == "stale"] == []
+    times = sorted(t for _, t in outcomes)
+    assert len(times) == len(set(times)), "a scheduled run time was executed twice"
+    # At most once: the claimed run is lost, not run late by the replica that lost leadership.
+    assert all(abs(t - first.timestamp()) > 0.001 for t in times)
+    assert times[0] >= first.timestamp() + TICK - 0.001
+
+
+def test_per_replica_leader_whose_leadership_ends_during_the_read_skips_the_run(
+        leadership: Leadership, scheduler: BackgroundScheduler, tmp_path: Path) -> None:
+    journal = tmp_path / "runs"
+    leadership.lead()
+    elector = leadership.elector
+
+    class LeadershipEndsDuringRead(MemoryJobStore):  # type: ignore[misc]
+        def get_due_jobs(self, now: datetime) -> list[Any]:
+            jobs: list[Any] = super().get_due_jobs(now)
+            if jobs and elector.running:
+                elector.stop()
+            return jobs
+
+    skipped: list[Any] = []
+    scheduler.add_listener(skipped.append, EVENT_JOB_SKIPPED_NOT_LEADER)
+    scheduler.add_jobstore(LeaderOnlyJobStore(elector, LeadershipEndsDuringRead()), "leader")
+    scheduler.add_job(record_run, "interval", seconds=TICK, args=[str(journal)],
+                      jobstore="leader",
+                      next_run_time=datetime.now(timezone.utc) + timedelta(seconds=0.2))
+    scheduler.start()
+    assert wait_until(lambda: skipped, 5)
+    scheduler.shutdown(wait=True)
+    assert bodies(journal) == []
+
+
 # -- real processes -------------------------------------------------------------------------
+
+
+def children(parents: set[int]) -> set[int]:
+    """Pids of the live processes whose parent is in ``parents`` (from /proc)."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) in parents:
+                found.add(int(stat.parent.name))
+    return found
 
 
 class Fleet:
@@ -298,17 +598,43 @@ class Fleet:
         self.extra = extra
         self.replicas: dict[int, Process] = {}
 
-    def start(self, count: int = 1) -> list[Process]:
+    def start(self, count: int = 1, *more: str) -> list[Process]:
         started = []
         for _ in range(count):
             process = self.spawn(
                 str(HERE / "scheduler_replica.py"), str(self.tmp_path / "lease"),
-                str(self.journal), "--db", str(self.tmp_path / "jobs.sqlite"), *self.extra)
+                str(self.journal), "--db", str(self.tmp_path / "jobs.sqlite"), *self.extra,
+                *more)
             assert process.wait_for_line(lambda line: line.startswith("STARTED"), 30), \
                 process.output()
             self.replicas[process.pid] = process
             started.append(process)
         return started
+
+    def shut_down(self) -> None:
+        """Stop every replica with SIGTERM, as a deployment would, then kill what is left of
+        their process pools: workers forked from a replica outlive it if it is killed."""
+        workers = children(set(self.replicas))
+        for process in self.replicas.values():
+            process.signal(signal.SIGCONT)
+            process.signal(signal.SIGTERM)
+        for process in self.replicas.values():
+            try:
+                process.popen.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        for pid in workers | children(set(self.replicas)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+    def report(self) -> str:
+        """What the replicas printed, the lease and the journal: for failure messages."""
+        lease = self.tmp_path / "lease"
+        parts = [f"--- replica {pid}:\n{process.output()}"
+                 for pid, process in self.replicas.items()]
+        parts.append(f"--- lease:\n{lease.read_text() if lease.exists() else '(none)'}")
+        parts.append(f"--- journal:\n{self.journal.read_text() if self.journal.exists() else ''}")
+        return "\n".join(parts)
 
     def runs(self, job_id: str = "leader-job") -> list[tuple[int, str, float]]:
         return sorted((r for r in events(self.journal) if r[1] == job_id), key=lambda r: r[2])
@@ -496,3 +822,112 @@ def test_leader_killed_after_handing_a_run_over_is_not_repeated_by_its_successor
     runs = [t for _, _, t in fleet.runs()]
     assert claimed not in runs
     assert min(runs) == pytest.approx(claimed + INTERVAL, abs=0.01)
+
+
+def journal_lines(journal: Path, kind: str) -> list[tuple[int, float]]:
+    """(pid, value) of the scheduler_replica.py journal lines of one kind (PAUSED, HANDED)."""
+    return [(pid, value) for pid, _, value in events(journal, kind)]
+
+
+def assert_every_scheduled_time_ran_once(fleet: Fleet) -> None:
+    """Each scheduled time at most once, and none skipped between the first and the last."""
+    times = [t for _, _, t in fleet.runs()]
+    assert len(times) == len(set(times)), f"a scheduled time ran twice\n{fleet.report()}"
+    steps = [round((b - a) / INTERVAL, 3) for a, b in zip(times, times[1:])]
+    assert set(steps) <= {1.0}, f"runs missing: {steps}\n{fleet.report()}"
+
+
+def test_replica_paused_while_reading_due_jobs_does_not_run_them_after_it_continues(
+        spawn: Callable[..., Process], tmp_path: Path) -> None:
+    # No coalescing, a long grace time: the successor runs every overdue time once, so a run
+    # repeated by the paused replica, or by the successor after a stale write, shows twice.
+    fleet = Fleet(spawn, tmp_path, "--store", "sqlalchemy", "--grace", "60", "--no-coalesce")
+    (paused,) = fleet.start(1, "--pause-after-read", "3")
+    assert fleet.leader_pid() == paused.pid
+    (successor,) = fleet.start(1)
+    assert wait_until(lambda: journal_lines(fleet.journal, "PAUSED"), 30), fleet.report()
+    ((_, read_at),) = journal_lines(fleet.journal, "PAUSED")
+    # It stopped between reading the run at read_at and claiming it. The successor takes over
+    # and runs it, and the next ones.
+    assert wait_until(lambda: [t for pid, _, t in fleet.runs()
+                               if pid == successor.pid and t > read_at + INTERVAL], 30), \
+        fleet.report()
+    paused.signal(signal.SIGCONT)
+    assert wait_until(lambda: journal_lines(fleet.journal, "HANDED"), 30), fleet.report()
+    assert journal_lines(fleet.journal, "HANDED") == [(paused.pid, 0)]
+    resumed_at = max(t for _, _, t in fleet.runs())
+    # Long enough for the successor to repeat a run, had a stale schedule been written.
+    assert wait_until(lambda: max(t for _, _, t in fleet.runs()) >= resumed_at + 3 * INTERVAL,
+                      30), fleet.report()
+    runs = fleet.runs()
+    assert [t for pid, _, t in runs if pid == paused.pid and t >= read_at] == []
+    assert [pid for pid, _, t in runs if t == read_at] == [successor.pid]
+    assert_every_scheduled_time_ran_once(fleet)
+
+
+def test_process_pool_runs_each_scheduled_time_once_and_its_forked_workers_never_lead(
+        spawn: Callable[..., Process], tmp_path: Path) -> None:
+    from singleton_jobs import FileLeaseStore
+
+    # Several instances may overlap, so that a catch-up batch still running in the pool does
+    # not make APScheduler skip the next run (its max_instances rule, not a failover effect).
+    fleet = Fleet(spawn, tmp_path, "--store", "sqlalchemy", "--grace", "60", "--no-coalesce",
+                  "--executor", "processpool-fork", "--max-instances", "4")
+    holders: list[tuple[float, str]] = []  # (monotonic time, lease holder) as seen from outside
+    watching = threading.Event()
+
+    def watch_lease() -> None:
+        store = FileLeaseStore(tmp_path / "lease")
+        while not watching.is_set():
+            snapshot = store.get(timeout=5)
+            if snapshot is not None and (not holders or holders[-1][1] != snapshot[0].holder):
+                holders.append((time.monotonic(), snapshot[0].holder))
+            time.sleep(0.005)
+
+    (first,) = fleet.start(1, "--pause-after-read", "4")
+    watcher = threading.Thread(target=watch_lease, daemon=True)
+    watcher.start()
+    try:
+        assert fleet.leader_pid() == first.pid
+        fleet.start(2)
+        # The leader stops itself right after a read, with its pool workers (forked from it,
+        # elector included) still alive: they must not keep its lease or take it back.
+        assert wait_until(lambda: journal_lines(fleet.journal, "PAUSED"), 30), fleet.report()
+        ((_, read_at),) = journal_lines(fleet.journal, "PAUSED")
+        successor = fleet.leader_pid(since=read_at, other_than=first.pid)
+        assert wait_until(lambda: max(t for _, _, t in fleet.runs()) > read_at + 3 * INTERVAL,
+                          30), fleet.report()
+        continued = time.monotonic()
+        first.signal(signal.SIGCONT)
+        assert wait_until(lambda: journal_lines(fleet.journal, "HANDED"), 30), fleet.report()
+        assert journal_lines(fleet.journal, "HANDED") == [(first.pid, 0)]
+        # A graceful failover too: the successor shuts its scheduler and its pool down.
+        stopped_at = max(t for _, _, t in fleet.runs())
+        fleet.replicas[successor].signal(signal.SIGTERM)
+        assert fleet.replicas[successor].popen.wait(30) == 0
+        fleet.leader_pid(since=stopped_at, other_than=successor)
+        last = max(t for _, _, t in fleet.runs())
+        assert wait_until(lambda: max(t for _, _, t in fleet.runs()) >= last + 2 * INTERVAL,
+                          30), fleet.report()
+    finally:
+        watching.set()
+        watcher.join(10)
+        fleet.shut_down()
+    runs = fleet.runs()
+    assert_every_scheduled_time_ran_once(fleet)
+    # The stopped leader ran nothing it had read (it may lead again after the second failover).
+    assert [t for pid, _, t in runs if pid == first.pid and read_at <= t <= stopped_at] == []
+    # Every body ran in a pool worker (not in a replica), forked from a replica.
+    replicas = set(fleet.replicas)
+    assert wait_until(lambda: len(bodies(Path(f"{fleet.journal}.bodies"))) >= len(runs), 10)
+    workers = bodies(Path(f"{fleet.journal}.bodies"))
+    assert not {pid for pid, *_ in workers} & replicas
+    assert {int(label.rsplit("@", 1)[1]) for _, label, *_ in workers} <= replicas
+    # Only replicas ever held the lease (a worker would write its parent's identity), and once
+    # another replica took it over from the stopped leader, the stopped leader's identity (the
+    # one its workers inherited) never came back before it continued.
+    assert {holder for _, holder in holders} <= {f"replica-{pid}" for pid in replicas} | {""}
+    until_continued = [holder for at, holder in holders if at < continued]
+    assert until_continued[0] == f"replica-{first.pid}"
+    assert f"replica-{successor}" in until_continued
+    assert f"replica-{first.pid}" not in until_continued[1:]
