@@ -627,7 +627,8 @@ def main() -> int:
         finished.append(replica)
         if alive > 5:
             cpu.append(used / alive)
-        if status not in (0, -signal.SIGKILL):  # SIGTERM stops a replica cleanly: status 0
+        # SIGTERM stops a replica cleanly (0), or kills it before its handler is in (-SIGTERM).
+        if status not in (0, -signal.SIGKILL, -signal.SIGTERM):
             crashed.append(pid)
             record("crash", f"pid {pid} ({replica.identity}) exited with status {status}")
 
