@@ -767,12 +767,11 @@ def main() -> int:
             record("rewrite", f"failed: {error}")
         return False
 
-    def draw(remaining: float) -> str:
+    def missing_kinds(remaining: float) -> list[str]:
+        """The kinds still short of --min-each, once the time left gets tight for them."""
         missing = [kind for kind in kinds if faults[kind] < args.min_each]
         need = sum(args.fault_every + expected_seconds(kind, args) for kind in missing)
-        if missing and remaining < 1.5 * need + 2 * args.lease_duration:
-            return rng.choice(missing)
-        return rng.choice(menu)
+        return missing if remaining < 2 * need + 2 * args.lease_duration else []
 
     def inject(kind: str) -> bool:
         """Inject one fault of ``kind``; False if it could not be (no live leader, say)."""
@@ -858,10 +857,13 @@ def main() -> int:
         deadline = started + args.duration
         while time.monotonic() < deadline:
             pause = rng.expovariate(1 / args.fault_every)
+            forced = missing_kinds(deadline - time.monotonic())
+            if forced:  # leave time for each of them
+                pause = min(pause, (deadline - time.monotonic()) / (len(forced) + 1))
             sleep_until(min(time.monotonic() + pause, deadline))
             if time.monotonic() >= deadline:
                 break
-            kind = draw(deadline - time.monotonic())
+            kind = rng.choice(forced or menu)
             if inject(kind):
                 faults[kind] += 1
             else:
