@@ -115,6 +115,7 @@ _LEADING = "leading"      # acquired or renewed: this replica holds the lease
 _HELD = "held"            # another replica holds an unexpired lease
 _CONFLICT = "conflict"    # lost a compare-and-swap race; read again next time
 _ERROR = "error"          # the store failed; retry until the deadline
+_DELETED = "deleted"      # the record vanished under this leader: step down and wait
 
 
 class Elector:
@@ -177,6 +178,7 @@ class Elector:
         self._observed_at = -math.inf
         self._term_duration = 0.0                   # longest duration seen in the current term
         self._absent_since: float | None = None     # when the record was first seen missing
+        self._absent_floor = -1                     # the store's fencing floor at that moment
         self._highest_transitions = -1
         self._write_started = -math.inf            # when the last store write was sent
         self._duplicate_reported = False
@@ -476,6 +478,9 @@ class Elector:
                 holder = self._snapshot[0].holder if self._snapshot else "?"
                 self._step_down(f"lease taken by {holder}")
                 return
+            elif outcome is _DELETED:
+                self._step_down("lease deleted")
+                return
             elif self._monotonic() >= self._leading_until:
                 self._step_down(self._missed_deadline())
                 return
@@ -585,29 +590,33 @@ class Elector:
         return _LEADING
 
     def _create_missing(self, now: float, leading: bool, left: Callable[[], float]) -> str:
-        """The store holds no record: create one, unless a holder may still believe it leads."""
-        if self._absent_since is None:
-            self._absent_since = self._monotonic()
-            if self._snapshot is not None:
-                logger.warning("%s: lease %s vanished (deleted by hand?); %s", self.identity,
-                               self.store.name, "recreating it" if leading else
-                               "waiting one lease duration before creating it")
+        """The store holds no record: create one, unless a holder may still believe it leads.
+
+        A store that remembers a lease (its fencing floor survived) or a record we saw means
+        that somebody may have led until a moment ago, and may believe it leads until its renew
+        deadline: wait one lease duration from the moment we saw it gone. Only a store that
+        never held a lease is taken at once (a fleet's very first start). A leader whose lease
+        is deleted steps down and waits like everyone else: putting its record back could not
+        be told apart by a follower that missed it from nobody leading.
+        """
         floor = self.store.transitions_floor(timeout=left())
-        # A store that remembers a lease (its fencing floor survived) or a record we saw means
-        # that somebody may have led until a moment ago and may still believe it leads until
-        # its renew deadline: wait one lease duration from the moment we saw it gone. Only a
-        # store that never held a lease is taken at once (a fleet's very first start).
+        if self._absent_since is None or floor != self._absent_floor:
+            # First sight of the absence, or the floor moved since: a lease was created (and
+            # perhaps deleted again) meanwhile, so its holder may lead now: wait again.
+            if self._absent_since is None and (self._snapshot is not None or leading):
+                logger.warning("%s: lease %s vanished (deleted by hand?)%s; a new leader is "
+                               "elected one lease duration from now", self.identity,
+                               self.store.name, ": stepping down" if leading else "")
+            self._absent_since = self._monotonic()
+            self._absent_floor = floor
+        if leading:
+            return _DELETED
         existed = floor >= 0 or self._snapshot is not None
-        term = self._term
-        if leading and term is not None and floor <= term.transitions:
-            # Our own lease deleted under us: put our term back (same fencing token), as for
-            # garbage written over it. Followers that saw it vanish are still waiting.
-            record = term._replace(lease_duration=self.lease_duration, renew_time=now)
-        elif not leading and existed and self._monotonic() < self._expires_at():
+        if existed and self._monotonic() < self._expires_at():
             return _HELD
-        else:
-            record = LeaseRecord(self.identity, self.lease_duration, now, now,
-                                 max(self._highest_transitions, floor) + 1)
+        # The store refuses this create if its floor reached the new token meanwhile.
+        record = LeaseRecord(self.identity, self.lease_duration, now, now,
+                             max(self._highest_transitions, floor) + 1)
         self._write_started = self._monotonic()
         version = self.store.create(record, timeout=left())
         if version is None:

@@ -279,9 +279,15 @@ class FileLeaseStore(LeaseStore):
         return self._read_fence()
 
     def create(self, record: LeaseRecord, *, timeout: float = 10.0) -> Version | None:
+        """Create the lease file; None if it exists, or if the fencing floor already reached
+        ``record.transitions`` (a lease with that token existed since the floor was read)."""
         data = format_record(record)
         with self._locked(timeout):
             if os.path.lexists(self.path):
+                return None
+            if self._read_fence() >= record.transitions:
+                # A lease with this counter (or a higher one) existed since the caller read the
+                # floor: it may have a live holder. Creating ours would repeat its token.
                 return None
             # Before the record, so that the floor never lags behind a token in use.
             self._remove_stale_temporaries()

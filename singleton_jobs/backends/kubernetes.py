@@ -388,7 +388,10 @@ class KubernetesLeaseStore(LeaseStore):
         return -1 if fence is None else fence[0]
 
     def create(self, record: LeaseRecord, *, timeout: float = 10.0) -> Version | None:
-        timeout = self._raise_fence(record.transitions, timeout)
+        """Create the Lease; None if it exists, or if the fence Lease already reached
+        ``record.transitions`` (a Lease with that token existed since the floor was read)."""
+        if not self._raise_fence(record.transitions, timeout, new_only=True):
+            return None
         lease = {"apiVersion": API_VERSION, "kind": "Lease",
                  "metadata": {"name": self.lease_name, "namespace": self.namespace},
                  "spec": spec_from_record(record)}
@@ -405,7 +408,7 @@ class KubernetesLeaseStore(LeaseStore):
                timeout: float = 10.0) -> Version | None:
         if not isinstance(version, LeaseVersion):
             return None  # not a version of a Lease, so never the current one
-        timeout = self._raise_fence(record.transitions, timeout)
+        self._raise_fence(record.transitions, timeout)
         status, body = self._request("PUT", self._path, self._lease_body(record, version),
                                      timeout)
         if status in (200, 201):
@@ -439,17 +442,24 @@ class KubernetesLeaseStore(LeaseStore):
         self._fence_seen = (transitions, version)  # a takeover after this read needs no GET
         return transitions, version
 
-    def _raise_fence(self, transitions: int, timeout: float) -> float:
-        """Keep ``transitions`` as the floor before a record carrying it is written; return
-        the timeout for the next request. Renewals (no new transitions) cost nothing; a
-        takeover costs one PUT once this store knows the fence's version."""
-        if transitions <= self._fence_written:
-            return timeout
+    def _raise_fence(self, transitions: int, timeout: float, *, new_only: bool = False) -> bool:
+        """Keep ``transitions`` as the floor before a record carrying it is written.
+
+        With ``new_only`` (a create), return False if the fence already holds ``transitions``
+        or more: the compare-and-swap on the fence Lease makes sure that of two creates after a
+        deletion, only one gets a token. Renewals (no new transitions) cost nothing; a takeover
+        costs one PUT once this store knows the fence's version.
+        """
+        if transitions <= self._fence_written and not new_only:
+            return True
         fence = self._fence_seen or self._read_fence(timeout)
-        for _ in range(2):
+        for _ in range(3):
             if fence is not None and fence[0] >= transitions:
+                if new_only:
+                    self._fence_seen = None  # look again next time: it may be stale
+                    return False
                 self._fence_written = fence[0]
-                return timeout
+                return True
             metadata: dict[str, Any] = {
                 "name": self.fence_name, "namespace": self.namespace,
                 "annotations": {"singleton-jobs/fence-for": self.lease_name}}
@@ -468,12 +478,12 @@ class KubernetesLeaseStore(LeaseStore):
                     version = None
                 self._fence_written = transitions
                 self._fence_seen = (transitions, version) if isinstance(version, str) else None
-                return timeout
+                return True
             if status not in (404, 409):
                 self._fence_problem(self._error(status, answer, "write"))
-                return timeout
+                return True  # the fence is a safety net only where it can be written
             fence = self._read_fence(timeout)  # moved by another replica, or gone: look again
-        return timeout
+        return not new_only
 
     def _fence_problem(self, error: SingletonJobsError) -> None:
         if not self._fence_warned:
