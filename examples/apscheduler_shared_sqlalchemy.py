@@ -42,18 +42,21 @@ def main() -> None:
     scheduler.add_jobstore(LeaderOnlyJobStore(elector, SQLAlchemyJobStore(url=DATABASE)),
                            "leader")
     scheduler.add_job(heartbeat, "interval", seconds=5)  # default store: runs everywhere
-    scheduler.start()  # also starts the elector
-    try:
-        # Shared store: add after start() and keep the schedule another replica already stored.
-        scheduler.add_job(send_report, "interval", seconds=3, id="report", jobstore="leader",
-                          coalesce=True, misfire_grace_time=10)
-    except ConflictingIdError:
-        pass
-    try:
+    try:  # Ctrl+C at any moment from here on shuts down cleanly
+        scheduler.start()  # also starts the elector
+        try:
+            # Shared store: add after start(); keep the schedule another replica stored.
+            scheduler.add_job(send_report, "interval", seconds=3, id="report",
+                              jobstore="leader", coalesce=True, misfire_grace_time=10)
+        except ConflictingIdError:
+            pass
         while True:
             time.sleep(1)
     except KeyboardInterrupt:
-        scheduler.shutdown()  # stops the elector too, releasing the lease
+        pass
+    finally:
+        if scheduler.running:
+            scheduler.shutdown()  # stops the elector too, releasing the lease
 
 
 if __name__ == "__main__":

@@ -26,12 +26,12 @@ if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     elector = FileElector(name="cleanup-job", lease_duration=6, renew_deadline=4, retry_period=1)
     set_default_elector(elector)
-    with elector:
-        try:
+    try:
+        with elector:  # leaving the with-block releases the lease, also on Ctrl+C
             while True:
                 deleted = clean_up_expired_sessions()  # None on followers
                 print(f"{elector.identity}: leader={elector.leader} deleted={deleted}",
                       flush=True)
                 time.sleep(2)
-        except KeyboardInterrupt:
-            pass  # leaving the with-block releases the lease
+    except KeyboardInterrupt:
+        pass

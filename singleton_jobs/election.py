@@ -110,6 +110,9 @@ def check_timing(lease_duration: float, renew_deadline: float, retry_period: flo
             "gets more than one renew attempt before it steps down")
 
 
+#: A queued callback: its name for logs, the callable, its arguments, and the term it belongs to.
+_Callback = tuple[str, Callable[..., Any], tuple[Any, ...], int]
+
 # Outcomes of one attempt to acquire or renew.
 _LEADING = "leading"      # acquired or renewed: this replica holds the lease
 _HELD = "held"            # another replica holds an unexpired lease
@@ -173,12 +176,13 @@ class Elector:
         # it is this term (same identity, acquire time and transitions), whoever else uses the
         # same identity string.
         self._term: LeaseRecord | None = None
+        self._attempted: LeaseRecord | None = None  # the record of the last write attempted
         # What this replica last saw in the store, and when (monotonic) it saw it change.
         self._snapshot: Snapshot | None = None
         self._observed_at = -math.inf
         self._term_duration = 0.0                   # longest duration seen in the current term
         self._absent_since: float | None = None     # when the record was first seen missing
-        self._absent_floor = -1                     # the store's fencing floor at that moment
+        self._absent_floor: int | None = -1         # the store's fencing floor at that moment
         self._highest_transitions = -1
         self._write_started = -math.inf            # when the last store write was sent
         self._duplicate_reported = False
@@ -191,9 +195,10 @@ class Elector:
         self._wake = threading.Event()
         self._abdicate = threading.Event()
         self._start_failures = 0                    # on_started_leading raised this many times
+        self._terms_led = 0                         # tags on_started_leading with its term
         self._release_on_stop = True
         self._thread: threading.Thread | None = None
-        self._callbacks: queue.SimpleQueue[tuple[str, Callable[..., Any], tuple[Any, ...]] | None]
+        self._callbacks: queue.SimpleQueue[_Callback | None]
         self._callbacks = queue.SimpleQueue()
         self._callback_thread: threading.Thread | None = None
         self._last_error = ""
@@ -288,36 +293,38 @@ class Elector:
         if self._inherited():
             raise self._inherited_error()
         with self._changed:
+            if self._stop_requested:  # a stop() is under way in another thread: let it end
+                self._changed.wait_for(lambda: not self._running, self._stop_budget() + 1)
             if self._running:
                 return self
             previous = self._thread
             if previous is not None and previous.is_alive():
                 raise SingletonJobsError(f"{self.identity}: the previous election thread is "
                                          "still finishing a store call; try start() again later")
-            if self._identity_pid != os.getpid():
+            if self._identity_pid != os.getpid() or self.store.inherited():
                 # Created before a fork, started after it: the parent's identity, locks and
                 # connections are not this process's.
                 self.store.after_fork()
-                if not self._identity_given:
+                if self._identity_pid != os.getpid() and not self._identity_given:
                     self.identity = default_identity()
                 self._identity_pid = os.getpid()
             self._owner_pid = os.getpid()
             self._running = True
             self._stop_requested = False
             self._stopping.clear()
-        self._wake.clear()
-        self._abdicate.clear()
-        self._duplicate_reported = False
-        # A fresh queue per run: an end marker left by an earlier stop() cannot end this run.
-        callbacks: queue.SimpleQueue[tuple[str, Callable[..., Any], tuple[Any, ...]] | None]
-        callbacks = self._callbacks = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, daemon=True,
-                                        name=f"singleton_jobs-elector-{self.identity}")
-        self._callback_thread = threading.Thread(target=self._run_callbacks, args=(callbacks,),
-                                                 daemon=True,
-                                                 name=f"singleton_jobs-callbacks-{self.identity}")
-        self._callback_thread.start()
-        self._thread.start()
+            self._wake.clear()
+            self._abdicate.clear()
+            self._duplicate_reported = False
+            # A fresh queue per run: an end marker left by an earlier stop() cannot end it.
+            callbacks: queue.SimpleQueue[_Callback | None]
+            callbacks = self._callbacks = queue.SimpleQueue()
+            self._thread = threading.Thread(target=self._run, daemon=True,
+                                            name=f"singleton_jobs-elector-{self.identity}")
+            self._callback_thread = threading.Thread(
+                target=self._run_callbacks, args=(callbacks,), daemon=True,
+                name=f"singleton_jobs-callbacks-{self.identity}")
+            self._callback_thread.start()
+            self._thread.start()
         atexit.register(self.stop)
         multiprocessing = sys.modules.get("multiprocessing")
         if multiprocessing is not None and multiprocessing.parent_process() is not None:
@@ -344,31 +351,33 @@ class Elector:
             if not self._running:
                 return
             if self._stop_requested:  # another thread is stopping it: wait for that to finish
-                self._changed.wait_for(lambda: not self._running,
-                                       self.renew_deadline + self.retry_period + 1)
+                self._changed.wait_for(lambda: not self._running, self._stop_budget() + 1)
                 return
             self._stop_requested = True
             self._release_on_stop = release
             # Under the lock, so that a renew finishing now cannot extend leadership again.
             self._leading_until = -math.inf
             self._stopping.set()
+            thread, callbacks = self._thread, self._callbacks
+            callback_thread = self._callback_thread
         self._wake.set()
-        thread = self._thread
         if thread is not None and thread is not threading.current_thread():
-            # The loop's store calls are bounded by renew_deadline; allow one more period.
-            thread.join(self.renew_deadline + self.retry_period)
+            thread.join(self._stop_budget())
             if thread.is_alive():
                 logger.warning("%s: election thread still busy after stop(); it will exit when "
                                "its store call returns", self.identity)
         self._step_down("elector stopped", logging.INFO)  # no-op if the loop already did
-        callbacks = self._callbacks
         callbacks.put(None)
-        callback_thread = self._callback_thread
         if callback_thread is not None and callback_thread is not threading.current_thread():
             callback_thread.join(self.lease_duration)
         with self._changed:
             self._running = False
             self._changed.notify_all()
+
+    def _stop_budget(self) -> float:
+        """How long stop() waits for the election thread: an attempt in flight (up to three
+        store calls of renew_deadline each), usually much less, then the release."""
+        return 3 * self.renew_deadline + self.retry_period
 
     def __enter__(self) -> Elector:
         return self.start()
@@ -463,9 +472,6 @@ class Elector:
                 self._sit_out()
                 return
             last_attempt = self._monotonic()
-            if last_attempt >= self._leading_until:
-                self._step_down(self._missed_deadline())
-                return
             # Each attempt may take the whole renew deadline, even past _leading_until: guards
             # already see is_leader False then, and a slow API server still gets through.
             outcome = self._try_acquire_or_renew()
@@ -522,11 +528,11 @@ class Elector:
         return self._observed_at + self._judged_duration()
 
     def _is_ours(self, record: LeaseRecord) -> bool:
-        """True if ``record`` is the term this elector wrote, not merely its identity string."""
-        term = self._term
-        return (term is not None and record.holder == self.identity == term.holder
-                and record.transitions == term.transitions
-                and abs(record.acquire_time - term.acquire_time) < 1e-5)
+        """True if ``record`` is a term this elector wrote, not merely its identity string: its
+        current term, or the one its last write attempted (a write the store applied although
+        the call failed). Leadership still counts only from a write that succeeded."""
+        return record.holder == self.identity and (
+            _same_term(record, self._term) or _same_term(record, self._attempted))
 
     def _try_acquire_or_renew(self) -> str:
         """One attempt; on success ``_write_started`` is when the winning write was sent.
@@ -547,14 +553,17 @@ class Elector:
                         and self._absent_since is None:
                     record = term._replace(lease_duration=self.lease_duration, renew_time=now)
                     self._write_started = self._monotonic()
+                    self._attempted = record
                     new_version = self.store.update(record, cached[1], timeout=left())
                     if new_version is not None:
                         self._last_error = ""
                         self._observe(record, new_version, written=True)
                         return _LEADING
-            leading = self.is_leader
             term = self._term
             snapshot = self.store.get(timeout=left())
+            # After the read, which may have been slow: the garbage repair below is safe only
+            # while our own lease still runs at this moment.
+            leading = self.is_leader
             if snapshot is None:
                 return self._create_missing(now, leading, left)
             current, version = snapshot
@@ -569,12 +578,14 @@ class Elector:
             elif current.released or self._monotonic() >= self._expires_at():
                 # The record's counter may have been lost or lowered by hand: the store's
                 # floor keeps the new token above every token used before.
+                floor = self.store.transitions_floor(timeout=left())
                 highest = max(current.transitions, self._highest_transitions,
-                              self.store.transitions_floor(timeout=left()))
+                              -1 if floor is None else floor)
                 record = LeaseRecord(self.identity, self.lease_duration, now, now, highest + 1)
             else:
                 return _HELD
             self._write_started = self._monotonic()
+            self._attempted = record
             new_version = self.store.update(record, version, timeout=left())
         except Exception as exc:  # noqa: BLE001 - any store failure is a failed attempt
             message = f"{type(exc).__name__}: {exc}"
@@ -611,13 +622,15 @@ class Elector:
             self._absent_floor = floor
         if leading:
             return _DELETED
-        existed = floor >= 0 or self._snapshot is not None
+        # A floor the store cannot read (None) counts as a lease that may have had a holder.
+        existed = floor is None or floor >= 0 or self._snapshot is not None
         if existed and self._monotonic() < self._expires_at():
             return _HELD
         # The store refuses this create if its floor reached the new token meanwhile.
         record = LeaseRecord(self.identity, self.lease_duration, now, now,
-                             max(self._highest_transitions, floor) + 1)
+                             max(self._highest_transitions, -1 if floor is None else floor) + 1)
         self._write_started = self._monotonic()
+        self._attempted = record
         version = self.store.create(record, timeout=left())
         if version is None:
             return _CONFLICT
@@ -676,10 +689,14 @@ class Elector:
                 return False
             self._leading_until = started + self.renew_deadline
             self._leading = True
+            self._terms_led += 1
+            self._abdicate.clear()  # a late failure of an earlier term must not end this one
             self._changed.notify_all()
         logger.info("%s: became leader of %s (fencing token %s)", self.identity,
                     self.store.name, self._term.transitions if self._term else "?")
-        self._notify("on_started_leading", self.on_started_leading)
+        if self.on_started_leading is not None:
+            self._callbacks.put(("on_started_leading", self.on_started_leading, (),
+                                 self._terms_led))
         for listener in self._listeners:
             self._notify("leadership listener", listener, True)
         return True
@@ -726,20 +743,19 @@ class Elector:
 
     def _notify(self, name: str, callback: Callable[..., Any] | None, *args: Any) -> None:
         if callback is not None:
-            self._callbacks.put((name, callback, args))
+            self._callbacks.put((name, callback, args, self._terms_led))
 
-    def _run_callbacks(self, callbacks: queue.SimpleQueue[
-            tuple[str, Callable[..., Any], tuple[Any, ...]] | None]) -> None:
+    def _run_callbacks(self, callbacks: queue.SimpleQueue[_Callback | None]) -> None:
         while True:
             item = callbacks.get()
             if item is None:
                 return
-            name, callback, args = item
+            name, callback, args, term = item
             try:
                 callback(*args)
             except Exception:
                 logger.exception("%s: %s raised", self.identity, name)
-                if name == "on_started_leading" and self._leading:
+                if name == "on_started_leading" and self._leading and term == self._terms_led:
                     # The replica failed to take up its duties: let another one lead.
                     self._start_failures += 1
                     self._abdicate.set()
@@ -749,9 +765,9 @@ class Elector:
                     self._start_failures = 0
 
 
-def _same_term(a: LeaseRecord, b: LeaseRecord) -> bool:
+def _same_term(a: LeaseRecord, b: LeaseRecord | None) -> bool:
     """Whether two records are one holder's term (a renewal), not a change of hands."""
-    return (a.readable and b.readable and a.holder == b.holder and a.holder != ""
+    return (b is not None and a.readable and b.readable and a.holder == b.holder and a.holder != ""
             and a.transitions == b.transitions and abs(a.acquire_time - b.acquire_time) < 1e-5)
 
 

@@ -9,6 +9,7 @@ A new backend subclasses :class:`LeaseStore` and fills in :meth:`~LeaseStore.get
 from __future__ import annotations
 
 import abc
+import os
 from collections.abc import Hashable
 
 from ..lease import LeaseRecord
@@ -59,13 +60,24 @@ class LeaseStore(abc.ABC):
         :raises ConfigurationError: the value cannot be represented.
         """
 
-    def transitions_floor(self, *, timeout: float) -> int:
-        """The highest ``transitions`` this store ever held, if it can tell without the record.
+    def transitions_floor(self, *, timeout: float) -> int | None:
+        """The highest ``transitions`` this store ever held, kept apart from the record.
 
-        The elector asks only when the record is missing or unreadable, so that fencing tokens
-        keep growing even after the record was destroyed. -1 means "unknown".
+        The elector asks when the record is missing or unreadable, and at every takeover, so
+        that fencing tokens keep growing even after the record was destroyed or rewritten.
+        ``-1``: this store never held a lease (a fleet's first start). ``None``: it cannot
+        tell (it keeps no floor, or the floor cannot be read); a missing record then counts as
+        one that may have had a live holder.
+
+        :raises LeaseStoreError: the floor could not be read for a reason that may pass.
         """
-        return -1
+        return None
+
+    def inherited(self) -> bool:
+        """True in a process that got this store through ``fork()`` from the one that built
+        it (stores that keep no per-process state say False)."""
+        pid = getattr(self, "_pid", None)
+        return pid is not None and pid != os.getpid()
 
     def after_fork(self) -> None:  # noqa: B027 - optional
         """Drop what this process inherited from its parent (locks, connections).

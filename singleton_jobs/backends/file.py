@@ -208,6 +208,7 @@ class FileLeaseStore(LeaseStore):
         self._timeout_error: type[Exception] = filelock.Timeout
         self._filelock = filelock
         self._tmp_prefix = f".{os.path.basename(self.path)}."
+        self._pid = os.getpid()  # the process this store's lock object belongs to
 
     @property
     def name(self) -> str:
@@ -217,6 +218,7 @@ class FileLeaseStore(LeaseStore):
         """A lock object must not cross a fork: the child gets its own."""
         self._lock = self._filelock.FileLock(self.lock_path, mode=self.mode)
         self._fence_written = -1
+        self._pid = os.getpid()
 
     def _check_path(self) -> None:
         path, parent = self.path, os.path.dirname(self.path)
@@ -275,7 +277,8 @@ class FileLeaseStore(LeaseStore):
             return None
         return parse_record(data), data
 
-    def transitions_floor(self, *, timeout: float = 10.0) -> int:
+    def transitions_floor(self, *, timeout: float = 10.0) -> int | None:
+        """The counter in ``<path>.fence``: -1 if there is none, None if it is unreadable."""
         return self._read_fence()
 
     def create(self, record: LeaseRecord, *, timeout: float = 10.0) -> Version | None:
@@ -285,9 +288,11 @@ class FileLeaseStore(LeaseStore):
         with self._locked(timeout):
             if os.path.lexists(self.path):
                 return None
-            if self._read_fence() >= record.transitions:
+            fence = self._read_fence()
+            if fence is not None and fence >= record.transitions:
                 # A lease with this counter (or a higher one) existed since the caller read the
-                # floor: it may have a live holder. Creating ours would repeat its token.
+                # floor: it may have a live holder, and ours would repeat its token. (A fence
+                # that cannot be read is rewritten below; the elector waited a lease for it.)
                 return None
             # Before the record, so that the floor never lags behind a token in use.
             self._remove_stale_temporaries()
@@ -362,24 +367,28 @@ class FileLeaseStore(LeaseStore):
         finally:
             os.close(fd)
 
-    def _read_fence(self) -> int:
+    def _read_fence(self) -> int | None:
+        """The fencing floor: -1 if no fence file exists, None if it cannot be read."""
         try:
             fd = os.open(self.fence_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-        except OSError:
+        except FileNotFoundError:
             return -1
+        except OSError:
+            return None
         try:
             value = int(os.read(fd, 32).decode("ascii").strip())
         except (OSError, ValueError, UnicodeDecodeError):
-            return -1
+            return None
         finally:
             os.close(fd)
-        return value if value >= 0 else -1
+        return value if value >= 0 else None
 
     def _raise_fence(self, transitions: int) -> None:
         """Record ``transitions`` as the highest ever written (held under the lock)."""
         if transitions <= self._fence_written:
             return  # a renewal: nothing new to remember
-        if transitions > self._read_fence():
+        fence = self._read_fence()
+        if fence is None or transitions > fence:
             try:
                 self._replace(self.fence_path, b"%d\n" % transitions)
             except LeaseStoreError:

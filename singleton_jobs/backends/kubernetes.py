@@ -104,6 +104,15 @@ _OWN_SPEC_FIELDS = ("holderIdentity", "leaseDurationSeconds", "acquireTime", "re
                     "leaseTransitions")
 
 
+class _Fence(NamedTuple):
+    """The fence Lease as last seen: HTTP status, its counter (None if absent or unreadable)
+    and its resourceVersion."""
+
+    status: int
+    transitions: int | None
+    version: str | None
+
+
 class LeaseVersion(NamedTuple):
     """The version of a stored Lease: the object's ``resourceVersion`` and ``uid``."""
 
@@ -327,12 +336,13 @@ class KubernetesLeaseStore(LeaseStore):
             importlib.import_module("kubernetes.config").ConfigException)
         self._api_client: Any = _private_api_client(client, api_client)
         self._client_module = client
+        self._pid = os.getpid()  # the process this store's connection pool belongs to
         self._collection_path = f"/apis/{API_VERSION}/namespaces/{self.namespace}/leases"
         self._path = f"{self._collection_path}/{name}"
         self.fence_name = fence_name(name)
         self._fence_path = f"{self._collection_path}/{self.fence_name}"
         self._fence_written = -1
-        self._fence_seen: tuple[int, str] | None = None  # (transitions, resourceVersion)
+        self._fence_seen: _Fence | None = None  # the fence Lease as last read or written
         self._fence_warned = False
         # kubernetes < 36 ignores a float timeout; a (connect, read) pair bounds each part.
         version = getattr(importlib.import_module("kubernetes"), "__version__", "0")
@@ -354,6 +364,7 @@ class KubernetesLeaseStore(LeaseStore):
         self._fence_seen = None
         self._lock = threading.Lock()
         self._lease = None
+        self._pid = os.getpid()
 
     @property
     def host(self) -> str:
@@ -382,10 +393,14 @@ class KubernetesLeaseStore(LeaseStore):
             return None
         raise self._error(status, body, "get")
 
-    def transitions_floor(self, *, timeout: float = 10.0) -> int:
-        """The highest transitions kept in the fence Lease, or -1 if there is none."""
+    def transitions_floor(self, *, timeout: float = 10.0) -> int | None:
+        """The highest transitions kept in the fence Lease: -1 if there is none, None if it
+        cannot be read (forbidden, or not a fence).
+
+        :raises LeaseStoreError: the API server failed to answer (5xx, 429, transport).
+        """
         fence = self._read_fence(timeout)
-        return -1 if fence is None else fence[0]
+        return -1 if fence.status == 404 else fence.transitions
 
     def create(self, record: LeaseRecord, *, timeout: float = 10.0) -> Version | None:
         """Create the Lease; None if it exists, or if the fence Lease already reached
@@ -422,52 +437,66 @@ class KubernetesLeaseStore(LeaseStore):
 
     # -- the fencing floor ----------------------------------------------------------------------
 
-    def _read_fence(self, timeout: float) -> tuple[int, str] | None:
-        """(transitions, resourceVersion) of the fence Lease, or None if it does not exist or
-        cannot be read (then a warning says why, once)."""
+    def _read_fence(self, timeout: float) -> _Fence:
+        """The fence Lease as the API server has it. A 401 or 403 is warned about once (a Role
+        pinned to the main Lease); other failures raise.
+
+        :raises LeaseStoreError: the API server failed to answer (5xx, 429, transport).
+        """
         status, body = self._request("GET", self._fence_path, None, timeout)
         if status == 404:
-            return None
-        if status != 200:
+            return _Fence(status, None, None)
+        if status in (401, 403):
             self._fence_problem(self._error(status, body, "get"))
-            return None
+            return _Fence(status, None, None)
+        if status != 200:
+            raise self._error(status, body, f"get fence {self.fence_name} of")
         try:
             fence = json.loads(body)
-            transitions = fence["spec"]["leaseTransitions"]
             version = fence["metadata"]["resourceVersion"]
         except (ValueError, KeyError, TypeError):
-            return None
-        if not _is_int(transitions) or not isinstance(version, str):
-            return None
-        self._fence_seen = (transitions, version)  # a takeover after this read needs no GET
-        return transitions, version
+            return _Fence(status, None, None)
+        spec = fence.get("spec") if isinstance(fence, dict) else None
+        transitions = spec.get("leaseTransitions") if isinstance(spec, dict) else None
+        seen = _Fence(status, transitions if _is_int(transitions) else None,
+                      version if isinstance(version, str) else None)
+        self._fence_seen = seen  # a takeover right after this read needs no second GET
+        return seen
 
     def _raise_fence(self, transitions: int, timeout: float, *, new_only: bool = False) -> bool:
         """Keep ``transitions`` as the floor before a record carrying it is written.
 
         With ``new_only`` (a create), return False if the fence already holds ``transitions``
-        or more: the compare-and-swap on the fence Lease makes sure that of two creates after a
-        deletion, only one gets a token. Renewals (no new transitions) cost nothing; a takeover
-        costs one PUT once this store knows the fence's version.
+        or more, or could not be written: the compare-and-swap on the fence Lease makes sure
+        that of two creates after a deletion, only one gets a token. Only where the fence is
+        forbidden (a Role pinned to the main Lease; warned once) does a create go ahead
+        without it. Renewals cost nothing; a takeover costs one PUT once the fence's version
+        is known.
+
+        :raises LeaseStoreError: the API server failed to answer.
         """
         if transitions <= self._fence_written and not new_only:
             return True
         fence = self._fence_seen or self._read_fence(timeout)
         for _ in range(3):
-            if fence is not None and fence[0] >= transitions:
+            if fence.status in (401, 403):
+                return True  # no fence allowed: tokens restart at 0 after a deletion (warned)
+            if fence.transitions is not None and fence.transitions >= transitions:
                 if new_only:
                     self._fence_seen = None  # look again next time: it may be stale
                     return False
-                self._fence_written = fence[0]
+                self._fence_written = fence.transitions
                 return True
+            if fence.status == 200 and fence.version is None:
+                return not new_only  # not a Lease we can write: never guess a token
             metadata: dict[str, Any] = {
                 "name": self.fence_name, "namespace": self.namespace,
                 "annotations": {"singleton-jobs/fence-for": self.lease_name}}
-            if fence is None:
+            if fence.status == 404:
                 method, path = "POST", self._collection_path
-            else:
+            else:  # a lower counter, or garbage: replaced, if still the version we read
                 method, path = "PUT", self._fence_path
-                metadata["resourceVersion"] = fence[1]
+                metadata["resourceVersion"] = fence.version
             body = {"apiVersion": API_VERSION, "kind": "Lease", "metadata": metadata,
                     "spec": {"holderIdentity": "", "leaseTransitions": transitions}}
             status, answer = self._request(method, path, body, timeout)
@@ -477,11 +506,16 @@ class KubernetesLeaseStore(LeaseStore):
                 except (ValueError, KeyError, TypeError):
                     version = None
                 self._fence_written = transitions
-                self._fence_seen = (transitions, version) if isinstance(version, str) else None
+                self._fence_seen = (_Fence(200, transitions, version)
+                                    if isinstance(version, str) else None)
                 return True
-            if status not in (404, 409):
+            if status in (401, 403):
                 self._fence_problem(self._error(status, answer, "write"))
-                return True  # the fence is a safety net only where it can be written
+                return True
+            if status == 404:
+                self._raise_if_namespace_missing(answer)
+            if status not in (404, 409):
+                raise self._error(status, answer, f"write fence {self.fence_name} of")
             fence = self._read_fence(timeout)  # moved by another replica, or gone: look again
         return not new_only
 

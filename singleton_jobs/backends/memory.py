@@ -20,6 +20,7 @@ class MemoryLeaseStore(LeaseStore):
         self._lock = threading.Lock()
         self._versions = itertools.count(1)
         self._snapshot: Snapshot | None = None
+        self._highest = -1
 
     def get(self, *, timeout: float = 0.0) -> Snapshot | None:
         return self._snapshot
@@ -29,7 +30,11 @@ class MemoryLeaseStore(LeaseStore):
             if self._snapshot is not None:
                 return None
             self._snapshot = (record, next(self._versions))
+            self._highest = max(self._highest, record.transitions)
             return self._snapshot[1]
+
+    def transitions_floor(self, *, timeout: float = 0.0) -> int | None:
+        return self._highest
 
     def update(self, record: LeaseRecord, version: Version, *,
                timeout: float = 0.0) -> Version | None:
@@ -37,6 +42,7 @@ class MemoryLeaseStore(LeaseStore):
             if self._snapshot is None or self._snapshot[1] != version:
                 return None
             self._snapshot = (record, next(self._versions))
+            self._highest = max(self._highest, record.transitions)
             return self._snapshot[1]
 
     @property
