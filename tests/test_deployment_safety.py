@@ -699,3 +699,99 @@ if __name__ == "__main__":
                             timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["fork 0 ''", "spawn 0 ''"], result.stdout
+
+
+def test_lease_deleted_while_its_fencing_floor_is_unreadable_is_not_taken_at_once(
+        tmp_path: Path) -> None:
+    path = tmp_path / "lease"
+    timings = {"lease_duration": 1.5, "renew_deadline": 1.0, "retry_period": 0.05}
+    old = FileElector(path, identity="old", **timings)  # type: ignore[arg-type]
+    old.start()
+    assert old.wait_for_leadership(5)
+    Path(str(path) + ".fence").write_bytes(b"\x00garbage")  # floor unknown, not "never held"
+    path.unlink()
+    # "old" may still believe it leads until it notices: a newcomer must wait a lease.
+    newcomer = FileElector(path, identity="new", **timings)  # type: ignore[arg-type]
+    began = time.monotonic()
+    try:
+        newcomer.start()
+        assert newcomer.wait_for_leadership(10)
+        assert time.monotonic() - began >= 1.4, "took a deleted lease at once"
+    finally:
+        newcomer.stop()
+        old.stop()
+
+
+class AppliedButFailedStore(MemoryLeaseStore):
+    """The first takeover write is applied, but the call fails (an answer lost on the way)."""
+
+    failed = False
+
+    def update(self, record: LeaseRecord, version: Any, *, timeout: float = 0.0) -> Any:
+        new_version = super().update(record, version, timeout=timeout)
+        if record.holder == "taker" and new_version is not None and not self.failed:
+            self.failed = True
+            raise OSError("connection reset after the write was applied")
+        return new_version
+
+
+def test_a_takeover_applied_although_its_call_failed_is_recognised_as_ours() -> None:
+    store = AppliedButFailedStore()
+    now = time.time()
+    store.create(LeaseRecord("", 1.0, now, now, 3))  # released: may be taken at once
+    taker = Elector(store, identity="taker", lease_duration=5, renew_deadline=3,
+                    retry_period=0.1)
+    began = time.monotonic()
+    with taker:
+        assert taker.wait_for_leadership(10)
+        took = time.monotonic() - began
+    assert store.failed
+    # Not "an earlier run of this process": no whole lease duration without a leader.
+    assert took < 2.0, f"waited {took:.2f}s for a record it wrote itself"
+    assert taker.fencing_token is None  # stopped
+
+
+def test_leadership_is_judged_after_a_slow_store_read() -> None:
+    """A leader whose read outlasted its lease must not write its old term over garbage."""
+    clock = [0.0]
+    shared = MemoryLeaseStore()
+    events: list[Callable[[], None]] = []
+
+    class SlowReads(MemoryLeaseStore):
+        def create(self, record: LeaseRecord, *, timeout: float = 0.0) -> Any:
+            return shared.create(record)
+
+        def update(self, record: LeaseRecord, version: Any, *, timeout: float = 0.0) -> Any:
+            return shared.update(record, version)
+
+        def get(self, *, timeout: float = 0.0) -> Any:
+            while events:
+                events.pop()()
+            return shared.get()
+
+    timings = {"lease_duration": 15, "renew_deadline": 10, "retry_period": 2}
+    old = Elector(SlowReads(), identity="old", **timings)  # type: ignore[arg-type]
+    new = Elector(shared, identity="new", **timings)  # type: ignore[arg-type]
+    for elector in (old, new):
+        elector._monotonic = lambda: clock[0]  # type: ignore[method-assign]
+        elector._owner_pid = os.getpid()
+    assert old._try_acquire_or_renew() == "leading"
+    old._become_leader(old._write_started)
+    assert new._try_acquire_or_renew() == "held"
+    record, version = shared.get()  # type: ignore[misc]
+    shared.update(record._replace(lease_duration=5.0), version)  # a CAS the old leader loses
+    clock[0] = 0.5
+    assert new._try_acquire_or_renew() == "held"
+
+    def takeover_then_garbage() -> None:  # while the old leader's read is in flight
+        clock[0] = 15.6
+        assert new._try_acquire_or_renew() == "leading"
+        new._become_leader(new._write_started)
+        _, current = shared.get()  # type: ignore[misc]
+        shared.update(LeaseRecord("\x00unknown", 0.0, 0.0, 0.0, 0), current)
+        clock[0] = 16.0
+
+    events.append(takeover_then_garbage)
+    clock[0] = 9.9  # the old leader still leads when its renew starts
+    assert old._try_acquire_or_renew() == "held"
+    assert shared.get()[0].holder == "\x00unknown"  # type: ignore[index]
