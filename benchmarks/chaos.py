@@ -355,9 +355,12 @@ def check(runs: list[Run], pauses: dict[int, list[tuple[float, float]]], margin:
     from the moment it saw the change) — except, after a delete, the processes of the deleted
     record's holder, which recreate it at once. Only tampers with no release (a SIGTERM in
     ``releases``) and no other delete within that lease duration, ending before ``ended``, are
-    checked.
+    checked. Deleting garbage (an unreadable record, token -1) is no tamper here: nobody holds
+    garbage, so its deletion cuts short no holder's lease; the delete of a live record before
+    it is still checked.
     """
     identities = identities or {}
+    tampers = [tamper for tamper in tampers if not (tamper.kind == "delete" and tamper.token < 0)]
     interrupted = {run for run in runs
                    if any(run.start < stop < run.end for stop, _ in pauses.get(run.pid, []))}
     overran = {run for run in runs if run.end - run.start > margin}
