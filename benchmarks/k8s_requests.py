@@ -181,7 +181,8 @@ def main() -> int:
     print(f"leader requests per minute, ours / theirs = {leader_ratio:.2f} (theirs sleeps a retry "
           "period after each renew, ours starts one every retry period: a few % more renews)")
     print(f"follower requests per minute, ours / theirs = {follower_ratio:.2f} (both poll once "
-          "per retry period; ours adds up to 20 % jitter)")
+          "per retry period; ours takes up to 20 % off each wait, so that a released lease is "
+          "taken within one period)")
     return 0
 
 
