@@ -46,6 +46,7 @@ Requires ``pip install "singleton_jobs[apscheduler]"``.
 
 from __future__ import annotations
 
+import abc
 import logging
 import pickle
 import sys
@@ -107,7 +108,7 @@ def _timestamp(when: datetime | None) -> float | None:
     return result
 
 
-class _CompareAndSet:
+class _CompareAndSet(abc.ABC):
     """Writes to a job store that succeed only while a job's stored ``next_run_time`` is still
     ``expected``: what a claim needs so that a stale read can never set a schedule back.
 
@@ -118,14 +119,14 @@ class _CompareAndSet:
     def __init__(self, store: Any) -> None:
         self.store = store
 
+    @abc.abstractmethod
     def replace(self, job: Any, expected: datetime | None) -> bool:
         """Store ``job``'s state if its stored ``next_run_time`` is ``expected``; False if the
         stored value differs or the job is gone."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def remove(self, job_id: str, expected: datetime | None) -> bool:
         """Delete the job if its stored ``next_run_time`` is ``expected``."""
-        raise NotImplementedError
 
     def _state(self, job: Any) -> bytes:
         return pickle.dumps(job.__getstate__(), self.store.pickle_protocol)
