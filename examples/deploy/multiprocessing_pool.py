@@ -8,9 +8,9 @@ On the leading instance the leader-only job hands its work to a ``multiprocessin
 pools fork their workers before the elector starts, so no thread is running at the fork. A
 worker forked later (a replaced one) inherits the elector dead: ``is_leader`` is False there
 and ``start()`` raises. If each worker must campaign by itself, create and start its elector in
-the pool's ``initializer=``, and register ``elector.stop`` with
-``multiprocessing.util.Finalize(None, elector.stop, exitpriority=10)``: pool workers leave
-through ``os._exit()``, which skips atexit.
+the pool's ``initializer=``: an elector started in a multiprocessing child releases its lease
+when the child exits (pool workers leave through ``os._exit()``, which skips atexit, so the
+library registers a multiprocessing exit hook for it).
 """
 
 from __future__ import annotations
