@@ -49,8 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "second and runs a leader-only job. Ctrl+C releases the lease.")
     _add_lease_arguments(demo)
     demo.add_argument("--identity", help="node id written into the lease (default: the PID; "
-                                         "with --backend kubernetes POD_NAME, else "
-                                         "hostname_pid_random)")
+                                         "with --backend kubernetes <POD_NAME or hostname>_"
+                                         "<pid>_<random>)")
     demo.add_argument("--lease-duration", type=_seconds, default=6.0, metavar="SECONDS",
                       help="how long followers wait before taking over a silent leader "
                            "(default: 6)")
@@ -94,7 +94,7 @@ def run_demo(args: argparse.Namespace) -> int:
     elif args.backend == "kubernetes":
         from .lease import default_identity
 
-        node = default_identity()  # every pod's PID may be 1: POD_NAME, else host and PID
+        node = default_identity()  # every pod's PID may be 1: the pod or host name, PID, random
     else:
         node = str(os.getpid())
     log(f"Starting leader election demo for node: {node}")

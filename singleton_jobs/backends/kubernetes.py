@@ -686,8 +686,9 @@ def _load_configuration(client: Any) -> Any:
 class KubernetesElector(Elector):
     """An :class:`~singleton_jobs.Elector` on the Lease ``name``; see :class:`KubernetesLeaseStore`.
 
-    ``identity`` defaults to ``POD_NAME`` (set it from the downward API), else
-    ``hostname_pid_random``. ``lease_duration`` must be a whole number of seconds.
+    ``identity`` defaults to ``<POD_NAME>_<pid>_<random>`` (set ``POD_NAME`` from the downward
+    API; the host name stands in without it): readable, and unique to each worker process of a
+    pod. ``lease_duration`` must be a whole number of seconds.
 
     :raises ConfigurationError: invalid timing, identity, name or namespace, or no Kubernetes
         configuration.
