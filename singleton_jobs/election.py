@@ -172,6 +172,7 @@ class Elector:
         # safe, and the process that started this elector.
         self._leading_until = -math.inf
         self._owner_pid: int | None = None
+        self._exit_hook_pid: int | None = None      # where a multiprocessing exit hook is set
         # The record this elector last wrote, and its version: a record counts as ours only if
         # it is this term (same identity, acquire time and transitions), whoever else uses the
         # same identity string.
@@ -327,12 +328,15 @@ class Elector:
             self._thread.start()
         atexit.register(self.stop)
         multiprocessing = sys.modules.get("multiprocessing")
-        if multiprocessing is not None and multiprocessing.parent_process() is not None:
+        if (multiprocessing is not None and multiprocessing.parent_process() is not None
+                and self._exit_hook_pid != os.getpid()):
             # A multiprocessing child (a Pool worker, a Process) leaves through os._exit(),
-            # which skips atexit; its own exit hook releases the lease instead.
+            # which skips atexit; its own exit hook releases the lease instead (registered
+            # once per process: stop() on a stopped elector does nothing).
             from multiprocessing.util import Finalize
 
             Finalize(None, self.stop, exitpriority=10)
+            self._exit_hook_pid = os.getpid()
         logger.info("%s: campaigning for lease %s", self.identity, self.store.name)
         return self
 

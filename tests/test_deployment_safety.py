@@ -672,7 +672,6 @@ def test_kubernetes_leader_keeps_leading_through_an_api_server_that_answers_in_3
         elector.stop()
 
 
-
 def test_multiprocessing_worker_that_started_an_elector_releases_it_when_it_exits(
         tmp_path: Path) -> None:
     # Pool workers and Processes leave through os._exit(), which skips atexit.
