@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .backends import LeaseStore
 from .backends.file import FileElector, FileLeaseStore, default_lease_dir, default_lease_path
 from .backends.memory import MemoryLeaseStore
 from .decorators import get_default_elector, leader_only, set_default_elector
@@ -21,6 +20,7 @@ from .errors import (
     SingletonJobsError,
 )
 from .lease import LeaseRecord
+from .store import LeaseStore
 
 if TYPE_CHECKING:
     from .backends.kubernetes import KubernetesElector, KubernetesLeaseStore

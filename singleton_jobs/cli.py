@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 from .errors import SingletonJobsError
 
 if TYPE_CHECKING:
-    from .backends import LeaseStore
     from .election import Elector
+    from .store import LeaseStore
 
 _print_lock = threading.Lock()
 

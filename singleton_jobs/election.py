@@ -33,9 +33,9 @@ import weakref
 from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
-from .backends import LeaseStore, Snapshot, Version
 from .errors import ConfigurationError, LeadershipLost, NotLeaderError, SingletonJobsError
 from .lease import LeaseRecord, check_identity, default_identity
+from .store import LeaseStore, Snapshot, Version
 
 logger = logging.getLogger(__name__)
 
@@ -433,7 +433,13 @@ class Elector:
     # -- the loop -----------------------------------------------------------------------------
 
     def _run(self) -> None:
+        unwatch = None
         try:
+            try:
+                unwatch = self.store.watch(self._store_released)
+            except Exception as exc:  # noqa: BLE001 - polling still works without it
+                logger.warning("%s: no release notifications from %s (%s); polling only",
+                               self.identity, self.store.name, exc)
             while not self._stopping.is_set():
                 if self._campaign():
                     self._lead()
@@ -444,6 +450,13 @@ class Elector:
             self._step_down("elector stopped", logging.INFO)
             if self._release_on_stop:
                 self._release()
+            if unwatch is not None:
+                unwatch()
+
+    def _store_released(self) -> None:
+        """The store says the lease was released: a follower tries at once, not a period later."""
+        if not self._leading:
+            self._wake.set()
 
     def _campaign(self) -> bool:
         """Try to acquire until it works (True) or the elector stops (False)."""

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Union
 from ..election import Elector
 from ..errors import ConfigurationError, LeaseStoreError
 from ..lease import LeaseRecord, identity_problem, unreadable_record
-from . import LeaseStore, Snapshot, Version
+from ..store import LeaseStore, Snapshot, Version
 
 if TYPE_CHECKING:
     import filelock

@@ -74,7 +74,7 @@ from typing import Any, NamedTuple
 from ..election import Elector
 from ..errors import ConfigurationError, LeaseStoreError, SingletonJobsError
 from ..lease import LeaseRecord, unreadable_record
-from . import LeaseStore, Snapshot, Version
+from ..store import LeaseStore, Snapshot, Version
 
 logger = logging.getLogger(__name__)
 

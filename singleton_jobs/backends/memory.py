@@ -10,7 +10,7 @@ import itertools
 import threading
 
 from ..lease import LeaseRecord
-from . import LeaseStore, Snapshot, Version
+from ..store import LeaseStore, Snapshot, Version
 
 
 class MemoryLeaseStore(LeaseStore):
