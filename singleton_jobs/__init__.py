@@ -1,7 +1,8 @@
 """Run scheduled work on exactly one replica, with failover: leader election on a shared lease.
 
 ``import singleton_jobs`` loads no backend dependency: ``filelock`` is imported when a file
-lease is constructed, ``kubernetes`` and ``apscheduler`` only by the modules that need them.
+lease is constructed; ``kubernetes``, ``sqlalchemy``, ``redis`` and ``apscheduler`` only by the
+modules that need them, on first use of their names.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from .store import LeaseStore
 
 if TYPE_CHECKING:
     from .backends.kubernetes import KubernetesElector, KubernetesLeaseStore
+    from .backends.redis import RedisElector, RedisLeaseStore
+    from .backends.sql import SQLElector, SQLLeaseStore
 
 __version__ = "0.1.0"
 
@@ -41,6 +44,10 @@ __all__ = [
     "LeaseStoreError",
     "MemoryLeaseStore",
     "NotLeaderError",
+    "RedisElector",
+    "RedisLeaseStore",
+    "SQLElector",
+    "SQLLeaseStore",
     "SingletonJobsError",
     "__version__",
     "check_timing",
@@ -60,4 +67,12 @@ def __getattr__(name: str) -> Any:
         from .backends import kubernetes
 
         return getattr(kubernetes, name)
+    if name in ("SQLElector", "SQLLeaseStore"):
+        from .backends import sql
+
+        return getattr(sql, name)
+    if name in ("RedisElector", "RedisLeaseStore"):
+        from .backends import redis
+
+        return getattr(redis, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

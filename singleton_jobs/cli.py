@@ -1,4 +1,4 @@
-"""The ``singleton-jobs`` command: a demo replica, and a look at a lease file."""
+"""The ``singleton-jobs`` command: a demo replica, and a look at a lease, on any backend."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from .errors import SingletonJobsError
+from .errors import ConfigurationError, SingletonJobsError
 
 if TYPE_CHECKING:
     from .election import Elector
@@ -69,12 +69,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_lease_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--backend", choices=["file", "kubernetes"], default="file",
-                        help="where the lease lives (default: file)")
+    parser.add_argument("--backend", choices=["file", "kubernetes", "sql", "redis"],
+                        default="file", help="where the lease lives (default: file)")
     parser.add_argument("--lease-path", help="file backend: the lease file (default: "
                                              "demo.lease in a per-user directory)")
     parser.add_argument("--lease-name", default=DEMO_LEASE_NAME,
-                        help=f"kubernetes backend: the Lease's name (default: {DEMO_LEASE_NAME})")
+                        help="kubernetes, sql and redis backends: the lease's name (default: "
+                             f"{DEMO_LEASE_NAME})")
+    parser.add_argument("--url", help="sql backend: a SQLAlchemy database URL "
+                                      "(postgresql+psycopg://user@host/db, mysql+pymysql://…, "
+                                      "sqlite:///path); redis backend: redis://host:port/db")
     parser.add_argument("--namespace", help="kubernetes backend: the Lease's namespace (default: "
                                             "the pod's, else the kubeconfig context's, else "
                                             "default)")
@@ -91,7 +95,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
     if args.identity is not None:
         node = args.identity
-    elif args.backend == "kubernetes":
+    elif args.backend != "file":
         from .lease import default_identity
 
         node = default_identity()  # every pod's PID may be 1: the pod or host name, PID, random
@@ -113,13 +117,17 @@ def run_demo(args: argparse.Namespace) -> int:
     timings = dict(lease_duration=args.lease_duration, renew_deadline=args.renew_deadline,
                    retry_period=args.retry_period)
     elector: Elector
+    callbacks = dict(on_started_leading=started, on_stopped_leading=stopped,
+                     on_new_leader=new_leader)
     if args.backend == "kubernetes":
         from .backends.kubernetes import KubernetesElector
 
         elector = KubernetesElector(
-            args.lease_name, namespace=args.namespace, identity=node, **timings,
-            on_started_leading=started, on_stopped_leading=stopped, on_new_leader=new_leader)
+            args.lease_name, namespace=args.namespace, identity=node, **timings, **callbacks)
         where = f"Lease: {elector.store.name} on {elector.store.host}"
+    elif args.backend in ("sql", "redis"):
+        elector = _url_elector(args, identity=node, **timings, **callbacks)
+        where = f"Lease: {elector.store.name}"
     else:
         from .backends.file import FileElector
 
@@ -174,6 +182,34 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _require_url(args: argparse.Namespace) -> str:
+    if not args.url:
+        example = ("postgresql+psycopg://user@host/db" if args.backend == "sql"
+                   else "redis://localhost:6379/0")
+        raise ConfigurationError(f"--backend {args.backend} needs --url, e.g. --url {example}")
+    return str(args.url)
+
+
+def _url_elector(args: argparse.Namespace, **options: Any) -> Elector:
+    if args.backend == "sql":
+        from .backends.sql import SQLElector
+
+        return SQLElector(_require_url(args), args.lease_name, **options)
+    from .backends.redis import RedisElector
+
+    return RedisElector(_require_url(args), args.lease_name, **options)
+
+
+def _url_store(args: argparse.Namespace) -> LeaseStore:
+    if args.backend == "sql":
+        from .backends.sql import SQLLeaseStore
+
+        return SQLLeaseStore(_require_url(args), args.lease_name)
+    from .backends.redis import RedisLeaseStore
+
+    return RedisLeaseStore(_require_url(args), args.lease_name)
+
+
 def _schedule(elector: Elector, job: Any, interval: float) -> Any:
     """Run ``job`` every ``interval`` seconds on the leader through APScheduler, if installed."""
     try:
@@ -199,6 +235,9 @@ def run_status(args: argparse.Namespace) -> int:
 
         store = KubernetesLeaseStore(args.lease_name, namespace=args.namespace)
         where = f"Lease {store.name} on {store.host}"
+    elif args.backend in ("sql", "redis"):
+        store = _url_store(args)
+        where = store.name
     else:
         from .backends.file import FileLeaseStore
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from k8s_api import FakeKubernetesApi
+from servers import own_mysql, own_postgres, own_redis, tcp_proxy  # noqa: F401 - fixtures
 
 from singleton_jobs import FileLeaseStore, MemoryLeaseStore
 from singleton_jobs.backends import LeaseStore
@@ -77,7 +78,8 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-@pytest.fixture(params=["memory", "file", "kubernetes"])
+@pytest.fixture(params=["memory", "file", "kubernetes", "postgresql", "mysql", "sqlite",
+                        "redis"])
 def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], LeaseStore]:
     """Makes stores that all share one lease: the conformance suite runs against each backend."""
     if request.param == "memory":
@@ -90,6 +92,24 @@ def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[]
         name = unique_lease_name("conformance")
         return lambda: KubernetesLeaseStore(name, namespace="default",
                                             api_client=k8s_api_client(api.url))
+    if request.param in ("postgresql", "mysql", "sqlite"):
+        from servers import MYSQL_URL, POSTGRES_URL, require_server
+
+        from singleton_jobs import SQLLeaseStore
+
+        url = {"postgresql": POSTGRES_URL, "mysql": MYSQL_URL,
+               "sqlite": f"sqlite:///{tmp_path / 'leases.db'}"}[request.param]
+        require_server(url)
+        name = unique_lease_name(f"conformance-{os.getpid()}-{time.time_ns()}")
+        return lambda: SQLLeaseStore(url, name)
+    if request.param == "redis":
+        from servers import REDIS_URL, require_server
+
+        from singleton_jobs import RedisLeaseStore
+
+        require_server(REDIS_URL)
+        name = unique_lease_name(f"conformance-{os.getpid()}-{time.time_ns()}")
+        return lambda: RedisLeaseStore(REDIS_URL, name)
     path = tmp_path / "conformance.lease"
     return lambda: FileLeaseStore(path)
 

@@ -1,7 +1,9 @@
 """A replica for the multi-process tests: campaigns on a lease file and runs a guarded job.
 
 With ``--kubernetes-api URL`` the lease is instead the Kubernetes Lease named ``path`` in
-``--namespace``, on the API server at URL (the fake one in tests/k8s_api.py).
+``--namespace``, on the API server at URL (the fake one in tests/k8s_api.py); with ``--sql-url
+URL`` the row named ``path`` in the database at URL; with ``--redis-url URL`` the Redis lease
+named ``path``.
 
 Every run of the ``@leader_only`` job appends ``pid token start end`` (monotonic seconds, which
 are comparable across processes on one Linux host) to the journal in one ``O_APPEND`` write.
@@ -35,6 +37,8 @@ def main() -> int:
     parser.add_argument("--kubernetes-api", metavar="URL",
                         help="use the Lease named PATH on this Kubernetes API server")
     parser.add_argument("--namespace", default="default")
+    parser.add_argument("--sql-url", help="use the lease named PATH in this database")
+    parser.add_argument("--redis-url", help="use the lease named PATH on this Redis server")
     parser.add_argument("--identity", help="explicit identity (default: contender-<pid>); "
                                            "'default' leaves it to the library")
     parser.add_argument("--fork-children", type=int, default=4)
@@ -59,6 +63,14 @@ def main() -> int:
         api_client = client.ApiClient(client.Configuration(host=args.kubernetes_api))
         elector = KubernetesElector(args.path, namespace=args.namespace, api_client=api_client,
                                     **options)
+    elif args.sql_url:
+        from singleton_jobs import SQLElector
+
+        elector = SQLElector(args.sql_url, args.path, **options)
+    elif args.redis_url:
+        from singleton_jobs import RedisElector
+
+        elector = RedisElector(args.redis_url, args.path, **options)
     else:
         elector = FileElector(args.path, **options)
     journal = os.open(args.journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)

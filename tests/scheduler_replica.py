@@ -33,7 +33,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.schedulers.blocking import BlockingScheduler
 from filelock import FileLock
 
-from singleton_jobs import FileElector
+from singleton_jobs import Elector, FileElector, SQLElector
 from singleton_jobs.apscheduler import (
     EVENT_JOB_SKIPPED_NOT_LEADER,
     EVENT_LEADERSHIP_GAINED,
@@ -50,6 +50,9 @@ def main() -> int:
     parser.add_argument("journal")
     parser.add_argument("--store", choices=["sqlalchemy", "memory"], default="sqlalchemy")
     parser.add_argument("--db")
+    parser.add_argument("--database-url", help="one database for jobs and lease (a SQLElector "
+                                               "named after LEASE's file name)")
+    parser.add_argument("--jobs-table", default="apscheduler_jobs")
     parser.add_argument("--interval", type=float, default=0.5)
     parser.add_argument("--per-replica-job", action="store_true")
     parser.add_argument("--blocking", action="store_true")
@@ -85,9 +88,14 @@ def main() -> int:
             state = "GAINED" if code == EVENT_LEADERSHIP_GAINED else "LOST"
             print(f"{state} {time.monotonic():.6f}", flush=True)
 
-    elector = FileElector(args.lease, identity=f"replica-{os.getpid()}",
-                          lease_duration=args.lease_duration, renew_deadline=args.renew_deadline,
-                          retry_period=args.retry_period)
+    timings = dict(lease_duration=args.lease_duration, renew_deadline=args.renew_deadline,
+                   retry_period=args.retry_period)
+    elector: Elector
+    if args.database_url:
+        elector = SQLElector(args.database_url, os.path.basename(args.lease),
+                             identity=f"replica-{os.getpid()}", **timings)
+    else:
+        elector = FileElector(args.lease, identity=f"replica-{os.getpid()}", **timings)
     handed_after_pause: list[int] = []  # empty until this replica paused itself
 
     class PausingSQLAlchemyJobStore(SQLAlchemyJobStore):  # type: ignore[misc]
@@ -125,7 +133,8 @@ def main() -> int:
             return due
 
     if args.store == "sqlalchemy":
-        inner = PausingSQLAlchemyJobStore(url=f"sqlite:///{args.db}")
+        inner = PausingSQLAlchemyJobStore(url=args.database_url or f"sqlite:///{args.db}",
+                                          tablename=args.jobs_table)
     else:
         inner = MemoryJobStore()
     scheduler_class = BlockingScheduler if args.blocking else BackgroundScheduler

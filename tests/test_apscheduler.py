@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy
 from aps_jobs import record_run, record_run_async
 from aps_stores import PlainJobStore, slow_reading
 from apscheduler.events import EVENT_JOB_EXECUTED
@@ -25,6 +26,7 @@ from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.schedulers.background import BackgroundScheduler
 from conftest import FAST, HERE, Process, cpu_seconds, wait_until
+from servers import MYSQL_URL, POSTGRES_URL, require_server
 
 from singleton_jobs import ConfigurationError, Elector, MemoryLeaseStore
 from singleton_jobs.apscheduler import (
@@ -680,6 +682,34 @@ def test_three_replicas_run_each_scheduled_time_once_and_fail_over(
     # The successor never replays the gap as a burst: consecutive runs are an interval apart.
     after = [t for pid, _, t in runs if pid == successor]
     assert all(b - a >= INTERVAL - 0.01 for a, b in zip(after, after[1:]))
+
+
+@pytest.mark.parametrize("database", ["postgresql", "mysql"])
+def test_three_replicas_share_one_database_url_for_jobs_and_lease(
+        spawn: Callable[..., Process], tmp_path: Path, database: str) -> None:
+    """The README's set-up: SQLAlchemyJobStore and SQLElector on one DATABASE_URL."""
+    url = {"postgresql": POSTGRES_URL, "mysql": MYSQL_URL}[database]
+    require_server(url)
+    table = f"apscheduler_jobs_{time.time_ns()}"
+    fleet = Fleet(spawn, tmp_path, "--store", "sqlalchemy", "--database-url", url,
+                  "--jobs-table", table)
+    try:
+        fleet.start(3)
+        first = fleet.leader_pid()
+        time.sleep(1.5)
+        killed_at = time.time()
+        fleet.replicas[first].signal(signal.SIGKILL)
+        successor = fleet.leader_pid(since=killed_at, other_than=first)
+        time.sleep(1.5)
+        runs = fleet.runs()
+        assert {pid for pid, _, t in runs if t > killed_at} == {successor}
+        assert_each_run_once_and_count_matches_one_scheduler(runs, gap_runs=8)
+    finally:
+        fleet.shut_down()
+        engine = sqlalchemy.create_engine(url)
+        with engine.begin() as conn:
+            conn.execute(sqlalchemy.text(f"DROP TABLE IF EXISTS {table}"))
+        engine.dispose()
 
 
 def test_per_replica_jobs_run_everywhere_and_leader_jobs_in_one_place(

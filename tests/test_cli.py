@@ -12,7 +12,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from conftest import Process
+from servers import POSTGRES_URL, REDIS_URL, require_server
 
 STAMP = r"\d{4}/\d\d/\d\d \d\d:\d\d:\d\d "
 FAST_DEMO = ["--lease-duration", "3", "--renew-deadline", "2", "--retry-period", "0.2",
@@ -111,7 +113,7 @@ def test_console_script_is_installed() -> None:
 def test_importing_the_package_loads_no_backend_dependency() -> None:
     code = ("import sys, singleton_jobs; "
             "print(sorted({m.split('.')[0] for m in sys.modules} & "
-            "{'filelock', 'kubernetes', 'apscheduler', 'sqlalchemy'}))")
+            "{'filelock', 'kubernetes', 'apscheduler', 'sqlalchemy', 'redis'}))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=60)
     assert result.stdout.strip() == "[]"
@@ -136,3 +138,30 @@ def test_demo_without_apscheduler_runs_its_job_from_a_plain_timer(
                     *FAST_DEMO, env=env)
     assert process.wait_for_line(lambda line: "warming cache" in line, 10), process.output()
     assert "the job runs from a plain timer" in process.output()
+
+
+@pytest.mark.parametrize("backend", ["sql", "redis"])
+def test_demo_and_status_on_a_database_backend(spawn: Callable[..., Process],
+                                               backend: str) -> None:
+    url = POSTGRES_URL if backend == "sql" else REDIS_URL
+    require_server(url)
+    where = ["--backend", backend, "--url", url, "--lease-name", f"cli-demo-{time.time_ns()}"]
+    first = spawn("-m", "singleton_jobs", "demo", *where, "--identity", "node-1", *FAST_DEMO)
+    assert first.wait_for_line(lambda line: "BECAME LEADER" in line, 15), first.output()
+    second = spawn("-m", "singleton_jobs", "demo", *where, "--identity", "node-2", *FAST_DEMO)
+    assert second.wait_for_line(lambda line: "Status: FOLLOWER" in line, 15)
+    out = run_cli("status", *where).stdout
+    assert "holder:      node-1" in out and "transitions: 0" in out
+    seen = len(second.lines)
+    first.signal(signal.SIGINT)
+    assert first.popen.wait(10) == 0
+    assert second.wait_for_line(lambda line: "BECAME LEADER" in line, 5, after=seen)
+    assert "holder:      node-2" in run_cli("status", *where).stdout
+
+
+@pytest.mark.parametrize("backend", ["sql", "redis"])
+def test_database_backend_without_url_says_what_to_pass(backend: str) -> None:
+    result = run_cli("status", "--backend", backend)
+    assert result.returncode == 2
+    assert f"ConfigurationError: --backend {backend} needs --url, e.g. --url" in result.stderr
+    assert "Traceback" not in result.stderr

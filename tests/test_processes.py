@@ -1,7 +1,8 @@
 """Real processes contending on one lease, with sub-second timings, on every shared backend.
 
-The ``cluster`` scenarios run twice: on a lease file and on a Kubernetes Lease served over
-real HTTP by tests/k8s_api.py.
+The ``cluster`` scenarios run on every backend: a lease file, a Kubernetes Lease served over
+real HTTP by tests/k8s_api.py, a row in PostgreSQL, MariaDB and SQLite, and a Redis key, each on
+the real server.
 
 Each contender (tests/contender.py) journals every run of its ``@leader_only`` job with
 monotonic start and end times, which are comparable across processes on one Linux host. The
@@ -19,6 +20,7 @@ from typing import NamedTuple
 
 import pytest
 from conftest import HERE, Process, cpu_seconds, unique_lease_name, wait_until
+from servers import MYSQL_URL, POSTGRES_URL, REDIS_URL, require_server
 
 LEASE, RENEW, RETRY = 2.0, 1.0, 0.1
 # Slack for a noisy 2-core machine, on top of what the semantics guarantee.
@@ -68,15 +70,11 @@ class Cluster:
     """Contender processes on one lease: a file, or a Lease on the test Kubernetes API server."""
 
     def __init__(self, spawn: Callable[..., Process], tmp_path: Path,
-                 kubernetes_api: str | None = None) -> None:
+                 lease_args: list[str] | None = None) -> None:
         self.spawn = spawn
         self.journal = tmp_path / "journal"
         self.replicas: dict[int, Process] = {}
-        if kubernetes_api is None:
-            self.lease_args = [str(tmp_path / "cluster.lease")]
-        else:
-            self.lease_args = [unique_lease_name("cluster"), "--kubernetes-api", kubernetes_api,
-                               "--namespace", "default"]
+        self.lease_args = lease_args or [str(tmp_path / "cluster.lease")]
 
     def start(self, count: int = 1, *extra: str,
               env: dict[str, str] | None = None) -> list[Process]:
@@ -104,12 +102,23 @@ class Cluster:
         return found[0]
 
 
-@pytest.fixture(params=["file", "kubernetes"])
+@pytest.fixture(params=["file", "kubernetes", "postgresql", "mysql", "sqlite", "redis"])
 def cluster(request: pytest.FixtureRequest, spawn: Callable[..., Process],
             tmp_path: Path) -> Cluster:
     """The same scenarios on every backend that works across processes."""
+    name = f"cluster-{time.time_ns()}-{unique_lease_name()}"
     if request.param == "kubernetes":
-        return Cluster(spawn, tmp_path, request.getfixturevalue("k8s_api").url)
+        url = request.getfixturevalue("k8s_api").url
+        return Cluster(spawn, tmp_path, [unique_lease_name("cluster"), "--kubernetes-api", url,
+                                         "--namespace", "default"])
+    if request.param == "redis":
+        require_server(REDIS_URL)
+        return Cluster(spawn, tmp_path, [name, "--redis-url", REDIS_URL])
+    if request.param != "file":
+        url = {"postgresql": POSTGRES_URL, "mysql": MYSQL_URL,
+               "sqlite": f"sqlite:///{tmp_path / 'leases.db'}"}[request.param]
+        require_server(url)
+        return Cluster(spawn, tmp_path, [name, "--sql-url", url])
     return Cluster(spawn, tmp_path)
 
 
