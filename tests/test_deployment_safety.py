@@ -25,11 +25,14 @@ import pytest
 from conftest import FAST, HERE, Process, k8s_api_client, unique_lease_name, wait_until
 from k8s_api import FakeKubernetesApi
 from test_processes import (
+    BACKENDS,
     LEASE,
     SLACK,
     Cluster,
     assert_no_overlap,
     assert_tokens_increase,
+    database_url,
+    make_cluster,
 )
 
 from singleton_jobs import (
@@ -47,7 +50,7 @@ from singleton_jobs import election as election_module
 EXAMPLES = HERE.parent / "examples"
 
 
-@pytest.fixture(params=["file", "kubernetes"])
+@pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
@@ -55,27 +58,60 @@ def backend(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def cluster(backend: str, request: pytest.FixtureRequest, spawn: Callable[..., Process],
             tmp_path: Path) -> Cluster:
-    if backend == "kubernetes":
-        return Cluster(spawn, tmp_path, request.getfixturevalue("k8s_api").url)
-    return Cluster(spawn, tmp_path)
+    return make_cluster(backend, request, spawn, tmp_path)
 
 
 def delete_lease(cluster: Cluster, request: pytest.FixtureRequest) -> None:
-    """What an operator does with ``rm`` or ``kubectl delete lease``."""
-    if "--kubernetes-api" in cluster.lease_args:
+    """What an operator does with ``rm``, ``kubectl delete lease``, ``DELETE`` or ``DEL``."""
+    args = cluster.lease_args
+    if "--kubernetes-api" in args:
         api: FakeKubernetesApi = request.getfixturevalue("k8s_api")
-        api.delete("default", cluster.lease_args[0])
+        api.delete("default", args[0])
+    elif "--sql-url" in args:
+        delete_sql_lease(args[args.index("--sql-url") + 1], args[0])
+    elif "--redis-url" in args:
+        delete_redis_lease(args[args.index("--redis-url") + 1], args[0])
     else:
-        os.unlink(cluster.lease_args[0])
+        os.unlink(args[0])
+
+
+def delete_sql_lease(url: str, name: str) -> None:
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(sqlalchemy.text("DELETE FROM singleton_jobs_leases WHERE name = :name"),
+                     {"name": name})
+    engine.dispose()
+
+
+def delete_redis_lease(url: str, name: str) -> None:
+    import redis
+
+    from singleton_jobs.backends.redis import record_key
+
+    client = redis.Redis.from_url(url)
+    assert client.delete(record_key("singleton_jobs:", name)) == 1
+    client.close()
 
 
 def shared_lease(backend: str, tmp_path: Path,
                  request: pytest.FixtureRequest) -> tuple[Callable[[], Any], Callable[[], None]]:
     """A factory of stores on one lease of ``backend``, and a function that deletes it."""
-    name = unique_lease_name("shared")
+    name = unique_lease_name(f"shared-{time.time_ns()}")
     if backend == "file":
         return (lambda: FileLeaseStore(tmp_path / "lease"),
                 lambda: os.unlink(tmp_path / "lease"))
+    if backend == "redis":
+        from singleton_jobs import RedisLeaseStore
+
+        url = database_url(backend, tmp_path)
+        return (lambda: RedisLeaseStore(url, name), lambda: delete_redis_lease(url, name))
+    if backend != "kubernetes":
+        from singleton_jobs import SQLLeaseStore
+
+        url = database_url(backend, tmp_path)
+        return (lambda: SQLLeaseStore(url, name), lambda: delete_sql_lease(url, name))
     from singleton_jobs import KubernetesLeaseStore
 
     api: FakeKubernetesApi = request.getfixturevalue("k8s_api")
@@ -288,7 +324,7 @@ def test_lease_deleted_under_a_live_leader_gives_no_second_leader(
     assert_tokens_increase(runs)
 
 
-@pytest.mark.parametrize("backend", ["file", "kubernetes"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_lease_recreated_and_deleted_again_while_a_follower_waits_gives_no_second_leader(
         backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     """A follower that missed a whole term between two deletions must wait again."""
@@ -339,7 +375,7 @@ def test_fencing_token_keeps_growing_when_the_lease_is_deleted_after_its_leader_
     assert_tokens_increase(cluster.runs())
 
 
-@pytest.mark.parametrize("backend", ["file", "kubernetes"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_record_rewritten_by_hand_with_a_lower_counter_does_not_lower_the_token(
         backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     store, _ = shared_lease(backend, tmp_path, request)
@@ -363,7 +399,7 @@ def test_record_rewritten_by_hand_with_a_lower_counter_does_not_lower_the_token(
     assert tokens == sorted(set(tokens)) and tokens[-1] > tokens[-2], tokens
 
 
-@pytest.mark.parametrize("backend", ["file", "kubernetes"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_a_create_is_refused_once_the_floor_reached_its_token(
         backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     """Two replicas that read the floor before a deletion must not both get one token."""

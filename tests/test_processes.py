@@ -102,23 +102,37 @@ class Cluster:
         return found[0]
 
 
-@pytest.fixture(params=["file", "kubernetes", "postgresql", "mysql", "sqlite", "redis"])
+#: Every backend that works across processes, each on its real server.
+BACKENDS = ["file", "kubernetes", "postgresql", "mysql", "sqlite", "redis"]
+
+
+def database_url(backend: str, tmp_path: Path) -> str:
+    """The URL of ``backend``'s server (a file in ``tmp_path`` for SQLite); skips or fails the
+    test, as ``require_server`` says, if it does not answer."""
+    url = {"postgresql": POSTGRES_URL, "mysql": MYSQL_URL, "redis": REDIS_URL,
+           "sqlite": f"sqlite:///{tmp_path / 'leases.db'}"}[backend]
+    require_server(url)
+    return url
+
+
+@pytest.fixture(params=BACKENDS)
 def cluster(request: pytest.FixtureRequest, spawn: Callable[..., Process],
             tmp_path: Path) -> Cluster:
     """The same scenarios on every backend that works across processes."""
+    return make_cluster(request.param, request, spawn, tmp_path)
+
+
+def make_cluster(backend: str, request: pytest.FixtureRequest, spawn: Callable[..., Process],
+                 tmp_path: Path) -> Cluster:
     name = f"cluster-{time.time_ns()}-{unique_lease_name()}"
-    if request.param == "kubernetes":
+    if backend == "kubernetes":
         url = request.getfixturevalue("k8s_api").url
         return Cluster(spawn, tmp_path, [unique_lease_name("cluster"), "--kubernetes-api", url,
                                          "--namespace", "default"])
-    if request.param == "redis":
-        require_server(REDIS_URL)
-        return Cluster(spawn, tmp_path, [name, "--redis-url", REDIS_URL])
-    if request.param != "file":
-        url = {"postgresql": POSTGRES_URL, "mysql": MYSQL_URL,
-               "sqlite": f"sqlite:///{tmp_path / 'leases.db'}"}[request.param]
-        require_server(url)
-        return Cluster(spawn, tmp_path, [name, "--sql-url", url])
+    if backend == "redis":
+        return Cluster(spawn, tmp_path, [name, "--redis-url", database_url(backend, tmp_path)])
+    if backend != "file":
+        return Cluster(spawn, tmp_path, [name, "--sql-url", database_url(backend, tmp_path)])
     return Cluster(spawn, tmp_path)
 
 
