@@ -117,8 +117,8 @@ def run_demo(args: argparse.Namespace) -> int:
     timings = dict(lease_duration=args.lease_duration, renew_deadline=args.renew_deadline,
                    retry_period=args.retry_period)
     elector: Elector
-    callbacks = dict(on_started_leading=started, on_stopped_leading=stopped,
-                     on_new_leader=new_leader)
+    callbacks: dict[str, Any] = dict(on_started_leading=started, on_stopped_leading=stopped,
+                                     on_new_leader=new_leader)
     if args.backend == "kubernetes":
         from .backends.kubernetes import KubernetesElector
 

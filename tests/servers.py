@@ -683,7 +683,10 @@ class _PostgresServer(Server):
         return None
 
     def _url(self) -> str:
-        return f"postgresql+psycopg://postgres@{self.host}:{self.port}/postgres"
+        # The driver of POSTGRES_URL: a run with SQLAlchemy 1.4 (no psycopg 3 dialect) sets
+        # SINGLETON_JOBS_POSTGRES_URL to a postgresql+psycopg2:// URL.
+        driver = POSTGRES_URL.split("://", 1)[0]
+        return f"{driver}://postgres@{self.host}:{self.port}/postgres"
 
     @property
     def _data(self) -> Path:

@@ -37,10 +37,15 @@ def lease_name() -> str:
     return unique_lease_name(f"sql-{time.time_ns()}")
 
 
-@pytest.fixture(params=["postgresql", "mysql", "sqlite"])
+def psycopg2_url(url: str) -> str:
+    """The same PostgreSQL database through the other driver."""
+    return str(sa.engine.make_url(url).set(drivername="postgresql+psycopg2"))
+
+
+@pytest.fixture(params=["postgresql", "psycopg2", "mysql", "sqlite"])
 def sql_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    url = {"postgresql": POSTGRES_URL, "mysql": MYSQL_URL,
-           "sqlite": f"sqlite:///{tmp_path / 'leases.db'}"}[request.param]
+    url = {"postgresql": POSTGRES_URL, "psycopg2": psycopg2_url(POSTGRES_URL),
+           "mysql": MYSQL_URL, "sqlite": f"sqlite:///{tmp_path / 'leases.db'}"}[request.param]
     require_server(url)
     return url
 
@@ -155,7 +160,8 @@ def test_bad_configuration_is_refused_with_the_fix(args: tuple[Any, ...], kwargs
 
 
 def test_unreachable_database_is_a_store_error_not_a_traceback() -> None:
-    store = SQLLeaseStore("postgresql+psycopg://nobody@127.0.0.1:1/none", lease_name())
+    driver = POSTGRES_URL.split("://", 1)[0]
+    store = SQLLeaseStore(f"{driver}://nobody@127.0.0.1:1/none", lease_name())
     with pytest.raises(LeaseStoreError, match="could not read lease postgresql"):
         store.get(timeout=1)
 
@@ -228,11 +234,13 @@ def test_release_hands_over_within_a_retry_period(sql_url: str) -> None:
     assert handover <= 1.0 + 0.5, f"handover took {handover:.2f}s"
 
 
-def test_postgresql_notify_hands_over_in_a_fraction_of_the_retry_period() -> None:
-    require_server(POSTGRES_URL)
+@pytest.mark.parametrize("driver", ["psycopg", "psycopg2"])
+def test_postgresql_notify_hands_over_in_a_fraction_of_the_retry_period(driver: str) -> None:
+    url = POSTGRES_URL if driver == "psycopg" else psycopg2_url(POSTGRES_URL)
+    require_server(url)
     handovers = []
     for _ in range(3):
-        with Fleet(POSTGRES_URL, lease_name(), 2, lease_duration=8.0, renew_deadline=5.0,
+        with Fleet(url, lease_name(), 2, lease_duration=8.0, renew_deadline=5.0,
                    retry_period=2.0) as fleet:
             first = fleet.leader()
             time.sleep(0.5)  # the follower is asleep in its 2 s poll interval now

@@ -101,7 +101,7 @@ def lease_name_problem(name: object) -> str | None:
 
 def _tables(table: str) -> tuple[sa.Table, sa.Table]:
     metadata = sa.MetaData()
-    options = {"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"}
+    options: dict[str, Any] = {"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"}
     leases = sa.Table(
         table, metadata,
         sa.Column("name", sa.String(MAX_NAME_LENGTH), primary_key=True),
@@ -174,19 +174,24 @@ def _shared_engine(url: str | URL, timeout: float) -> Engine:
         engine = _engines.get(key)
         if engine is None:
             parsed = sa.engine.make_url(url)
+            # SQLite's default pool has no size (SQLAlchemy 1.4: NullPool for files).
+            sizes = ({} if parsed.get_backend_name() == "sqlite" else
+                     {"pool_size": 5, "max_overflow": 20, "pool_timeout": timeout})
             engine = sa.create_engine(
                 parsed, connect_args=_connect_args(parsed, timeout), isolation_level="AUTOCOMMIT",
                 # Autocommit leaves nothing to roll back: no ROLLBACK round trip per call.
-                pool_reset_on_return=None, pool_size=5, max_overflow=20, pool_timeout=timeout)
+                pool_reset_on_return=None, **sizes)
             # Nor at the end of each call: SQLAlchemy ends its implicit transaction with a
-            # DB-API rollback(), which PyMySQL sends to the server even in autocommit mode.
-            engine.dialect.do_rollback = _no_rollback  # type: ignore[method-assign]
+            # DB-API rollback() (1.4: commit()), which PyMySQL sends to the server even in
+            # autocommit mode, where every statement committed itself already.
+            engine.dialect.do_rollback = _no_round_trip  # type: ignore[method-assign]
+            engine.dialect.do_commit = _no_round_trip  # type: ignore[method-assign]
             _engines[key] = engine
         return engine
 
 
-def _no_rollback(dbapi_connection: Any) -> None:
-    """Every statement of an autocommit connection committed itself: nothing to roll back."""
+def _no_round_trip(dbapi_connection: Any) -> None:
+    """Every statement of an autocommit connection committed itself: nothing to end."""
 
 
 def _dbapi_connection(conn: Connection) -> Any:
@@ -324,7 +329,7 @@ class SQLLeaseStore(LeaseStore):
                 url = sa.engine.make_url(url_or_engine)
                 dialect = url.get_dialect()
                 # Import the driver now: a missing one is a setting to fix, not a failed renew.
-                load_driver = getattr(dialect, "import_dbapi", None) or dialect.dbapi
+                load_driver: Any = getattr(dialect, "import_dbapi", None) or dialect.dbapi
                 load_driver()
             except (sa_exc.ArgumentError, sa_exc.NoSuchModuleError, ValueError) as exc:
                 raise ConfigurationError(
