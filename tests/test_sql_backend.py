@@ -7,8 +7,10 @@ pause or cut off a server run their own server (tests/servers.py) on a free port
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -496,3 +498,42 @@ def test_read_only_database_ends_leadership_until_it_is_writable(own_postgres: S
             sql(url, "SELECT pg_reload_conf()")
         fleet.leader(timeout=TIMINGS["lease_duration"] + 2 * SLACK)
     fleet.check()
+
+
+def test_full_database_costs_leadership_never_safety_and_recovers(own_postgres: Server) -> None:
+    """The lease table's tablespace on a real 512 KiB tmpfs, filled up before the lease exists:
+    nobody can write it, so nobody leads and nothing raises; room made, a leader follows."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a filesystem needs root (CI runs as root)")
+    # Outside pytest's root-only temporary directory: the server's user must reach it.
+    space = Path(tempfile.mkdtemp(prefix="singleton-jobs-tablespace-"))
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(space)], check=True)
+    try:
+        owner = os.stat(f"/proc/{own_postgres.pid}").st_uid  # the user the server runs as
+        os.chown(space, owner, -1)
+        url = own_postgres.url
+        sql(url, f"CREATE TABLESPACE small LOCATION '{space}'",
+            "ALTER DATABASE postgres SET default_tablespace = small",
+            "CREATE TABLE filler (x text) TABLESPACE small")
+        filled = False
+        engine = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+        with engine.connect() as conn:
+            for _ in range(10_000):
+                try:
+                    conn.execute(sa.text("INSERT INTO filler SELECT repeat('x', 2000) "
+                                         "FROM generate_series(1, 20)"))
+                except sa.exc.OperationalError as exc:
+                    filled = "No space left on device" in str(exc)
+                    break
+        engine.dispose()
+        assert filled
+        with Fleet(url, lease_name(), 2) as fleet:
+            time.sleep(TIMINGS["lease_duration"] + 1.0)
+            assert not any(e.is_leader for e in fleet.electors)
+            assert all(e.running for e in fleet.electors)
+            sql(url, "DROP TABLE filler")
+            fleet.leader(timeout=TIMINGS["lease_duration"] + 2 * SLACK)
+        fleet.check()
+    finally:
+        subprocess.run(["umount", "-l", str(space)], check=True)
+        space.rmdir()
