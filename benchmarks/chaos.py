@@ -3,6 +3,8 @@
     python benchmarks/chaos.py                       # 60 s, 5 replicas, file backend
     python benchmarks/chaos.py --duration 600        # the long run quoted in the README
     python benchmarks/chaos.py --backend kubernetes  # one Lease on the fake Kubernetes API server
+    python benchmarks/chaos.py --backend postgresql  # a row in an own PostgreSQL (also mysql,
+                                                     # redis), with server faults
 
 Each replica is a real process with an explicit identity (``replica-1`` ... ``replica-N``; a
 restarted replica keeps its identity, as a StatefulSet pod does) running a ``@leader_only`` job in
@@ -37,9 +39,24 @@ the lease file is replaced by API-server faults injected through its admin endpo
 bounded in count (matching requests) and time (it is cleared after a fraction of a lease):
 latency longer than any request timeout, 500 answers, 409 storms on writes, dropped connections
 and non-JSON answers; all but the 409s sometimes after the request was applied (a write whose
-answer is lost). The table adds the number of API requests the server answered. The replicas'
-log lines go to ``replicas.log`` in the run's directory, the injected faults to ``faults.log``,
-the forked children's start and end to ``forks``.
+answer is lost). The table adds the number of API requests the server answered.
+
+With ``--backend postgresql``, ``mysql`` (MariaDB) or ``redis`` the harness starts a database
+server of its own (tests/servers.py; the Redis one with ``appendonly yes`` and ``appendfsync
+always``, the persistence the Redis backend's docs ask for where tokens matter) and the
+replicas contend for one lease in it through ``SQLElector`` or ``RedisElector``. ``delete``
+deletes the lease row or key (the fence stays), ``garbage`` overwrites it with content that is
+no lease record (a holder with a control character, negative numbers, a key of another type),
+and these server faults join the draw:
+
+* ``restart``: the server is SIGKILLed and started again (a crash restart, same data);
+* ``server-pause``: every server process is SIGSTOPped for 1.2 renew deadlines to 1.5 lease
+  durations, then SIGCONTed: connections stay open and nothing answers;
+* ``drop-connection``: every connection the leader process holds to the server is killed
+  from the server's side (``pg_terminate_backend``, ``KILL``, ``CLIENT KILL``).
+
+The replicas' log lines go to ``replicas.log`` in the run's directory, the injected faults to
+``faults.log``, the forked children's start and end to ``forks``.
 
 Afterwards the journal is checked for the promise: job runs of different processes never
 overlap, fencing tokens never go back, no forked child ever runs the job, and nobody takes the
@@ -69,8 +86,9 @@ import urllib.error
 import urllib.request
 import warnings
 from collections import Counter
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
@@ -86,6 +104,10 @@ API_FAULTS = ["api-delay", "api-500", "api-409", "api-drop", "api-garbage"]
 #: Faults of the real deployments the promise is about: a forked leader, two processes with one
 #: identity, the record deleted or rewritten by hand.
 DEPLOYMENT_FAULTS = ["fork", "duplicate", "delete", "rewrite"]
+#: Faults of a database server the replicas share.
+SERVER_FAULTS = ["restart", "server-pause", "drop-connection"]
+DATABASES = ("postgresql", "mysql", "redis")
+BACKENDS = ("file", "kubernetes", *DATABASES)
 #: At most this many same-identity duplicates run at once.
 MAX_DUPLICATES = 2
 #: The engine logs this when another process renews the lease under its identity.
@@ -93,7 +115,8 @@ SAME_IDENTITY_ERROR = "under the same identity"
 #: Per backend: lease duration, renew deadline, retry period. A Kubernetes Lease holds whole
 #: seconds, and its lease must exceed 1 s for a rewrite to ``leaseDurationSeconds: 1`` to
 #: shorten it.
-DEFAULT_TIMINGS = {"file": (1.0, 0.5, 0.1), "kubernetes": (2.0, 1.0, 0.1)}
+DEFAULT_TIMINGS = {"file": (1.0, 0.5, 0.1), "kubernetes": (2.0, 1.0, 0.1),
+                   **{database: (2.0, 1.0, 0.1) for database in DATABASES}}
 
 
 class Run(NamedTuple):
@@ -151,10 +174,19 @@ def make_elector(args: argparse.Namespace) -> Elector:
                                  identity=identity, lease_duration=args.lease_duration,
                                  renew_deadline=args.renew_deadline,
                                  retry_period=args.retry_period)
+    timings = {"lease_duration": args.lease_duration, "renew_deadline": args.renew_deadline,
+               "retry_period": args.retry_period}
+    if args.backend == "redis":
+        from singleton_jobs import RedisElector
+
+        return RedisElector(args.url, LEASE_NAME, identity=identity, **timings)
+    if args.backend in DATABASES:
+        from singleton_jobs import SQLElector
+
+        return SQLElector(args.url, LEASE_NAME, identity=identity, **timings)
     from singleton_jobs import FileElector
 
-    return FileElector(args.lease, identity=identity, lease_duration=args.lease_duration,
-                       renew_deadline=args.renew_deadline, retry_period=args.retry_period)
+    return FileElector(args.lease, identity=identity, **timings)
 
 
 class _MonotonicStamp(logging.Filter):
@@ -477,6 +509,186 @@ class FakeApiServer:
             self.process.stdout.close()
 
 
+class DatabaseLease:
+    """The lease in a database server the harness owns: its server faults, and the lease
+    changed by hand (deleted, overwritten with garbage) the way an operator would, with a
+    client of its own."""
+
+    def __init__(self, backend: str, directory: str) -> None:
+        from own_servers import start_server
+
+        self.backend = backend
+        # Redis keeps every acknowledged write across a crash restart, as its docs advise.
+        self.server = start_server(backend, Path(directory), persistent=backend == "redis")
+        self.url = self.server.url
+
+    def close(self) -> None:
+        self.server.close()
+
+    # -- server faults
+
+    def restart(self) -> float:
+        """SIGKILL every server process and start it again; seconds until it answered."""
+        began = time.monotonic()
+        self.server.restart()
+        return time.monotonic() - began
+
+    def pause(self) -> None:
+        self.server.pause()
+
+    def resume(self) -> None:
+        self.server.resume()
+
+    def drop_connections(self, pid: int) -> int:
+        """Kill, from the server's side, every connection process ``pid`` has open to it;
+        how many."""
+        from own_servers import client_ports
+
+        ports = client_ports(pid, self.server.port)
+        if not ports:
+            return 0
+        if self.backend == "redis":
+            client = self._redis()
+            try:
+                killed = 0
+                for port in ports:
+                    with contextlib.suppress(Exception):  # closed meanwhile
+                        killed += int(client.execute_command(
+                            "CLIENT", "KILL", "ADDR", f"127.0.0.1:{port}", "SKIPME", "yes"))
+                return killed
+            finally:
+                client.close()
+        from sqlalchemy import text
+
+        with self._sql() as connection:
+            if self.backend == "postgresql":
+                rows = connection.execute(text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE client_port = ANY(:ports)"), {"ports": ports}).fetchall()
+                return sum(1 for (done,) in rows if done)
+            hosts = {f"127.0.0.1:{port}" for port in ports}
+            ids = [row[0] for row in connection.execute(text(
+                "SELECT ID, HOST FROM information_schema.PROCESSLIST")) if row[1] in hosts]
+            killed = 0
+            for thread_id in ids:
+                with contextlib.suppress(Exception):  # ended meanwhile
+                    connection.execute(text(f"KILL {int(thread_id)}"))
+                    killed += 1
+            return killed
+
+    # -- the lease changed by hand
+
+    def store(self) -> LeaseStore:
+        if self.backend == "redis":
+            from singleton_jobs import RedisLeaseStore
+
+            return RedisLeaseStore(self.url, LEASE_NAME)
+        from singleton_jobs import SQLLeaseStore
+
+        return SQLLeaseStore(self.url, LEASE_NAME)
+
+    def delete(self) -> tuple[str, int] | None:
+        """Delete the lease record (the fence stays): its (holder, token or -1 if it was no
+        lease record), or None if there was none. Atomic, so what was deleted is known."""
+        if self.backend == "redis":
+            from singleton_jobs.backends.redis import record_from_hash, record_key
+
+            client = self._redis()
+            try:
+                pipe = client.pipeline(transaction=True)  # MULTI: read and delete as one
+                key = record_key("singleton_jobs:", LEASE_NAME)
+                pipe.type(key)
+                pipe.hgetall(key)
+                pipe.delete(key)
+                kind, fields, deleted = pipe.execute(raise_on_error=False)
+            finally:
+                client.close()
+            if not deleted:
+                return None
+            if kind not in (b"hash", "hash") or not isinstance(fields, dict):
+                return "", -1
+            gone = record_from_hash(fields)
+            return gone.holder, gone.transitions if gone.readable else -1
+        from sqlalchemy import text
+
+        from singleton_jobs.lease import identity_problem
+
+        with self._sql() as connection:
+            row = connection.execute(text(
+                "DELETE FROM singleton_jobs_leases WHERE name = :name "
+                "RETURNING holder, lease_duration, transitions"), {"name": LEASE_NAME}).first()
+        if row is None:
+            return None
+        holder, duration, transitions = row
+        readable = (isinstance(holder, str) and (not holder or identity_problem(holder) is None)
+                    and duration is not None and 0 <= float(duration) < float("inf")
+                    and isinstance(transitions, int) and transitions >= 0)
+        return str(holder), transitions if readable else -1
+
+    def garbage(self, rng: random.Random) -> str | None:
+        """Overwrite the record with content that is no lease record; what was written, or
+        None if there was no record."""
+        if self.backend == "redis":
+            from singleton_jobs.backends.redis import record_key
+
+            key = record_key("singleton_jobs:", LEASE_NAME)
+            client = self._redis()
+            try:
+                if not client.exists(key):
+                    return None
+                choice = rng.randrange(3)
+                if choice == 0:
+                    client.delete(key)
+                    client.set(key, os.urandom(rng.randrange(0, 64)))
+                    return "a string key of random bytes"
+                if choice == 1:
+                    client.hset(key, mapping={"holder": f"bad\x01{rng.randrange(1000)}",
+                                              "transitions": "-3", "lease_duration": "nan"})
+                    return "holder with a control character, transitions -3, duration nan"
+                client.hdel(key, "holder", "renew_time")
+                return "fields holder and renew_time removed"
+            finally:
+                client.close()
+        from sqlalchemy import text
+
+        values = {"name": LEASE_NAME, "holder": f"bad\x01{rng.randrange(1000)}",
+                  "duration": rng.choice([-1.0, 0.0, 1e12]),
+                  "transitions": rng.choice([-7, -1, rng.randrange(0, 3)]),
+                  "time": rng.choice([-1, 0, 2**62])}
+        bump = rng.random() < 0.5
+        version = ", version = version + 1" if bump else ""
+        with self._sql() as connection:
+            changed = connection.execute(text(
+                "UPDATE singleton_jobs_leases SET holder = :holder, lease_duration = :duration, "
+                "transitions = :transitions, acquire_time_us = :time, renew_time_us = :time"
+                f"{version} WHERE name = :name"), values).rowcount
+        if not changed:
+            return None
+        return (f"holder {values['holder']!r}, lease_duration {values['duration']:g}, "
+                f"transitions {values['transitions']}, times {values['time']}"
+                f"{', new version' if bump else ', same version'}")
+
+    def _redis(self) -> Any:
+        import redis
+
+        return redis.Redis.from_url(self.url, socket_timeout=10, socket_connect_timeout=10)
+
+    @contextlib.contextmanager
+    def _sql(self) -> Iterator[Any]:
+        import sqlalchemy
+        from sqlalchemy.pool import NullPool
+
+        connect_args = {"connect_timeout": 10}
+        engine = sqlalchemy.create_engine(self.url, poolclass=NullPool,
+                                          isolation_level="AUTOCOMMIT",
+                                          connect_args=connect_args)
+        try:
+            with engine.connect() as connection:
+                yield connection
+        finally:
+            engine.dispose()
+
+
 def api_fault(kind: str, rng: random.Random,
               args: argparse.Namespace) -> tuple[dict[str, Any], float]:
     """The fault the fake API server is given for ``kind``, and the seconds it stays in place.
@@ -521,25 +733,31 @@ def expected_seconds(kind: str, args: argparse.Namespace) -> float:
         return 0.85 * args.lease_duration
     if kind in ("delete", "rewrite"):
         return 1.2 * args.lease_duration  # checked only if the run goes on for a lease after
-    if kind in ("fork", "duplicate"):
+    if kind in ("fork", "duplicate", "drop-connection"):
         return 0.2 * args.lease_duration  # waiting for a live leader, now and then
+    if kind == "server-pause":
+        return (1.2 * args.renew_deadline + 1.5 * args.lease_duration) / 2
+    if kind == "restart":
+        return 1.0
     return 0.0
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--backend", choices=["file", "kubernetes"], default="file",
-                        help="a lease file (default), or a Lease on the fake Kubernetes API "
-                             "server started for the run")
+    parser.add_argument("--backend", choices=BACKENDS, default="file",
+                        help="a lease file (default), a Lease on the fake Kubernetes API "
+                             "server started for the run, or a lease in a PostgreSQL, MariaDB "
+                             "or Redis server started for the run")
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of chaos")
+    parser.add_argument("--quick", action="store_true", help="20 seconds of chaos")
     parser.add_argument("--replicas", type=int, default=5)
     parser.add_argument("--fault-every", type=float, default=1.5,
                         help="mean seconds between faults")
     parser.add_argument("--lease-duration", type=float, default=None,
-                        help="seconds (default 1, or 2 with --backend kubernetes, where it must "
-                             "be whole seconds)")
+                        help="seconds (default 1; 2 with --backend kubernetes, where it must "
+                             "be whole seconds, and with a database)")
     parser.add_argument("--renew-deadline", type=float, default=None,
-                        help="seconds (default 0.5, or 1 with --backend kubernetes)")
+                        help="seconds (default 0.5; 1 with --backend kubernetes or a database)")
     parser.add_argument("--retry-period", type=float, default=None, help="seconds (default 0.1)")
     parser.add_argument("--min-each", type=int, default=1,
                         help="inject every fault kind at least this many times, if the run is "
@@ -551,10 +769,13 @@ def main() -> int:
     parser.add_argument("--identity", help=argparse.SUPPRESS)
     parser.add_argument("--lease", help=argparse.SUPPRESS)
     parser.add_argument("--api", help=argparse.SUPPRESS)
+    parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--log", help=argparse.SUPPRESS)
     parser.add_argument("--forks", help=argparse.SUPPRESS)
     parser.add_argument("--journal", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.quick:
+        args.duration = 20.0
     defaults = DEFAULT_TIMINGS[args.backend]
     for name, default in zip(("lease_duration", "renew_deadline", "retry_period"), defaults):
         if getattr(args, name) is None:
@@ -562,6 +783,7 @@ def main() -> int:
     if args.worker:
         return worker(args)
     kubernetes = args.backend == "kubernetes"
+    database = args.backend in DATABASES
     if kubernetes and (not args.lease_duration.is_integer() or args.lease_duration < 1):
         parser.error(f"--lease-duration {args.lease_duration}: a Kubernetes Lease holds whole "
                      "seconds, at least 1")
@@ -584,7 +806,8 @@ def main() -> int:
     procs: dict[int, Replica] = {}
     finished: list[Replica] = []
     identities: dict[int, str] = {}
-    menu = PROCESS_FAULTS + (API_FAULTS if kubernetes else ["garbage"]) + DEPLOYMENT_FAULTS
+    menu = (PROCESS_FAULTS + (API_FAULTS if kubernetes else ["garbage"])
+            + (SERVER_FAULTS if database else []) + DEPLOYMENT_FAULTS)
     if args.faults:
         wanted = args.faults.split(",")
         unknown = sorted(set(wanted) - set(menu))
@@ -604,6 +827,9 @@ def main() -> int:
     cpu: list[float] = []
     server: FakeApiServer | None = None
     served: list[dict[str, Any]] | None = None
+    db: DatabaseLease | None = None
+    restart_seconds: list[float] = []
+    dropped = 0
     store: LeaseStore | None = None
     started = time.monotonic()
 
@@ -701,6 +927,8 @@ def main() -> int:
                 store = KubernetesLeaseStore(
                     LEASE_NAME, namespace=NAMESPACE,
                     api_client=client.ApiClient(client.Configuration(host=server.url)))
+            elif db is not None:
+                store = db.store()
             else:
                 from singleton_jobs.backends.file import FileLeaseStore
 
@@ -710,6 +938,15 @@ def main() -> int:
     def delete_lease(leader: int) -> bool:
         """Delete the record under ``leader``; False if there was none."""
         at = time.monotonic()
+        if db is not None:
+            deleted_record = db.delete()
+            if deleted_record is None:
+                return False
+            holder, token = deleted_record
+            tampers.append(Tamper("delete", at, token, holder))
+            record("delete", f"under pid {leader} ({identities[leader]}): record of "
+                             f"{holder!r}, token {token}")
+            return True
         if kubernetes:
             from singleton_jobs.backends.kubernetes import record_from_lease
 
@@ -778,7 +1015,31 @@ def main() -> int:
 
     def inject(kind: str) -> bool:
         """Inject one fault of ``kind``; False if it could not be (no live leader, say)."""
-        nonlocal restarted_after_delete, duplicates_of_leader, held_after_tamper
+        nonlocal restarted_after_delete, duplicates_of_leader, held_after_tamper, dropped
+        if kind in SERVER_FAULTS:
+            assert db is not None
+            if kind == "restart":
+                record("restart", "SIGKILL the server, start it again")
+                restart_seconds.append(db.restart())
+                record("restart", f"answering again after {restart_seconds[-1]:.3f}s")
+                return True
+            if kind == "server-pause":
+                seconds = rng.uniform(1.2 * args.renew_deadline, 1.5 * args.lease_duration)
+                record("server-pause", f"SIGSTOP the server for {seconds:.3f}s")
+                db.pause()
+                try:
+                    sleep_until(time.monotonic() + seconds)
+                finally:
+                    db.resume()
+                return True
+            leader = live_leader(args.lease_duration)
+            if leader is None:
+                return False
+            killed = db.drop_connections(leader)
+            record("drop-connection", f"{killed} connections of pid {leader} "
+                                      f"({identities[leader]}) killed by the server")
+            dropped += killed
+            return killed > 0
         if kind in API_FAULTS:
             assert server is not None
             fault, window = api_fault(kind, rng, args)
@@ -829,7 +1090,12 @@ def main() -> int:
         if leader is None or rng.random() < 0.2:
             leader = rng.choice(list(procs))
         target = leader
-        if kind == "garbage":
+        if kind == "garbage" and db is not None:
+            written = db.garbage(rng)
+            if written is None:
+                return False
+            record("garbage", written)
+        elif kind == "garbage":
             record("garbage", "")
             with open(lease, "wb") as handle:
                 handle.write(os.urandom(rng.randrange(0, 64)))
@@ -847,6 +1113,8 @@ def main() -> int:
         return True
 
     where = f", Lease {NAMESPACE}/{LEASE_NAME} on the fake Kubernetes API" if kubernetes else ""
+    if database:
+        where = f", lease {LEASE_NAME!r} in an own {args.backend} server"
     print(f"chaos: {args.replicas} replicas, {args.duration:.0f} s{where}, lease "
           f"{args.lease_duration} s / renew {args.renew_deadline} s / retry "
           f"{args.retry_period} s, seed {seed}, directory {directory}", flush=True)
@@ -854,6 +1122,9 @@ def main() -> int:
         if kubernetes:
             server = FakeApiServer()
             backend_args = ["--api", server.url]
+        elif database:
+            db = DatabaseLease(args.backend, directory)
+            backend_args = ["--url", db.url]
         started = time.monotonic()
         for number in range(1, args.replicas + 1):
             spawn(f"replica-{number}")
@@ -893,6 +1164,8 @@ def main() -> int:
         finally:
             if server is not None:
                 server.stop()
+            if db is not None:
+                db.close()
 
     pauses: dict[int, list[tuple[float, float]]] = {}
     for replica in finished:
@@ -953,6 +1226,11 @@ def main() -> int:
     ]
     if served is not None:
         rows.append(("API requests served", describe_requests(served)))
+    if database:
+        slowest = max(restart_seconds, default=0.0)
+        rows.append(("server faults", f"{len(restart_seconds)} restarts (answering again after "
+                                      f"{slowest:.2f} s at most), {faults.get('server-pause', 0)}"
+                                      f" pauses, {dropped} connections of the leader killed"))
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
         print(f"  {name:<{width}}  {value}")

@@ -1,21 +1,32 @@
-"""Crash failover and graceful handover times of FileElector, with real processes.
+"""Crash failover and graceful handover times of each backend, with real processes.
 
 Run from the repository root::
 
     python benchmarks/failover.py [--trials 20] [--lease-duration 1.0]
                                   [--renew-deadline 0.6] [--retry-period 0.1]
+                                  [--backend file|postgresql|mysql|redis|sqlite|all[,...]]
+                                  [--quick] [--verbose]
 
-Three worker processes (this script with ``--worker``) campaign for one lease file in a
-fresh temporary directory; each prints ``LEADER <identity> <monotonic> <token>`` when it
-becomes leader. Every trial lets the leader lead for a moment, then either SIGKILLs it
-(crash) or sends SIGTERM, on which the worker calls ``elector.stop(release=True)`` and
-exits (graceful), and measures from just before the signal to the next worker's LEADER
-stamp. CLOCK_MONOTONIC is system-wide on Linux, so stamps compare across processes. The
-victim is replaced at once, so three workers always run; crash and graceful trials
-alternate within one run.
+Three worker processes (this script with ``--worker``) campaign for one lease; each prints
+``LEADER <identity> <monotonic> <token>`` when it becomes leader. Every trial lets the
+leader lead for a moment, then either SIGKILLs it (crash) or sends SIGTERM, on which the
+worker calls ``elector.stop(release=True)`` and exits (graceful), and measures from just
+before the signal to the next worker's LEADER stamp. CLOCK_MONOTONIC is system-wide on
+Linux, so stamps compare across processes. The victim is replaced at once, so three workers
+always run; crash and graceful trials alternate within one run.
 
-Targets: crash failover / lease_duration <= 1.3 and graceful handover / retry_period
-<= 1.5, both at p95 (the max is shown too).
+The lease is a file in a fresh temporary directory (``file``, the default), a row in a
+SQLite file there (``sqlite``), a row in an own PostgreSQL or MariaDB, or keys in an own
+Redis (tests/servers.py starts them; nothing else uses them). With several backends
+(``--backend all`` or a comma-separated list) every backend has its three workers running at
+once and the trials go round the backends, so that all of them are measured side by side
+under the same load; the table then shows each backend's median and max (9 trials of each
+kind by default, ``--quick`` 3).
+
+Targets: crash failover / lease_duration <= 1.3; graceful handover / retry_period <= 0.1
+where the store wakes followers on a release (PostgreSQL NOTIFY, Redis pub/sub) and <= 1.5
+where followers poll (file, SQLite, MariaDB: the next poll comes within one retry period).
+With one backend both are judged at p95, with several at the median (the max is shown too).
 """
 
 from __future__ import annotations
@@ -34,21 +45,51 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import FrameType
-from typing import IO
+from typing import IO, Any
 
-from singleton_jobs import ConfigurationError, FileElector, check_timing
+from singleton_jobs import ConfigurationError, Elector, FileElector, check_timing
 
 CRASH_TARGET = 1.3     # crash failover / lease_duration
-GRACEFUL_TARGET = 1.5  # graceful handover / retry_period
+GRACEFUL_TARGET = 1.5  # graceful handover / retry_period, where followers poll
+#: Graceful handover / retry_period where a release wakes the followers at once.
+NOTIFIED_TARGET = 0.1
+NOTIFYING = ("postgresql", "redis")
+BACKENDS = ("file", "postgresql", "mysql", "redis", "sqlite")
+SERVERS = ("postgresql", "mysql", "redis")
 WORKERS = 3
+LEASE_NAME = "failover"
+ELECTORS = {"file": "FileElector", "sqlite": "SQLElector on SQLite",
+            "postgresql": "SQLElector on PostgreSQL", "mysql": "SQLElector on MariaDB",
+            "redis": "RedisElector"}
+
+
+def graceful_target(backend: str) -> float:
+    return NOTIFIED_TARGET if backend in NOTIFYING else GRACEFUL_TARGET
 
 
 # -- worker mode -------------------------------------------------------------------
 
 
-def run_worker(path: str, identity: str, timings: Timings) -> int:
-    """Campaign for the lease at ``path`` until SIGTERM (graceful) or stdin closes."""
+def make_elector(backend: str, target: str, identity: str, timings: Timings) -> Elector:
+    """The elector of ``backend`` for the lease at ``target`` (a path or a server's URL)."""
+    options: dict[str, Any] = {"identity": identity, "lease_duration": timings.lease_duration,
+                               "renew_deadline": timings.renew_deadline,
+                               "retry_period": timings.retry_period}
+    if backend == "file":
+        return FileElector(target, **options)
+    if backend == "redis":
+        from singleton_jobs import RedisElector
+
+        return RedisElector(target, LEASE_NAME, **options)
+    from singleton_jobs import SQLElector
+
+    return SQLElector(target, LEASE_NAME, **options)
+
+
+def run_worker(backend: str, target: str, identity: str, timings: Timings) -> int:
+    """Campaign for the lease at ``target`` until SIGTERM (graceful) or stdin closes."""
     out_lock = threading.Lock()
 
     def emit(*words: object) -> None:
@@ -56,10 +97,7 @@ def run_worker(path: str, identity: str, timings: Timings) -> int:
             sys.stdout.write(" ".join(str(word) for word in words) + "\n")
             sys.stdout.flush()
 
-    elector = FileElector(path, identity=identity,
-                          lease_duration=timings.lease_duration,
-                          renew_deadline=timings.renew_deadline,
-                          retry_period=timings.retry_period)
+    elector = make_elector(backend, target, identity, timings)
 
     def started_leading() -> None:
         stamp = time.monotonic()
@@ -77,6 +115,11 @@ def run_worker(path: str, identity: str, timings: Timings) -> int:
     elector.on_stopped_leading = stopped_leading
     signal.signal(signal.SIGTERM, on_sigterm)
     elector.start()
+    # Ready once it read the lease (connections made, tables checked, release listener
+    # registered), not merely started: the trials measure elections, not start-ups.
+    deadline = time.monotonic() + 30
+    while elector.leader is None and not elector.is_leader and time.monotonic() < deadline:
+        time.sleep(0.005)
     emit("READY", identity, repr(time.monotonic()))
     # The parent keeps our stdin open; EOF means it went away, so we go too.
     sys.stdin.buffer.read()
@@ -117,9 +160,10 @@ class LeaderEvent:
 
 @dataclass
 class Cluster:
-    """Worker processes on one lease file, and what they reported."""
+    """Worker processes on one lease, and what they reported."""
 
-    path: str
+    backend: str
+    path: str  # the lease file, or the database's URL
     timings: Timings
     workers: dict[str, Worker] = field(default_factory=dict)
     leaders: list[LeaderEvent] = field(default_factory=list)
@@ -135,7 +179,7 @@ class Cluster:
     def spawn(self) -> Worker:
         identity = f"worker-{next(self._names)}"
         command = [sys.executable, os.path.abspath(__file__), "--worker", self.path,
-                   identity, *self.timings.as_args()]
+                   identity, "--worker-backend", self.backend, *self.timings.as_args()]
         process = subprocess.Popen(command, stdin=subprocess.PIPE,
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         worker = Worker(identity, process)
@@ -170,8 +214,8 @@ class Cluster:
             if stream_name == "out":
                 worker.exited = True
                 if identity != self.expected_stop:
-                    raise RuntimeError(f"{identity} exited unexpectedly; worker stderr: "
-                                       f"{self.stderr_lines[-10:]}")
+                    raise RuntimeError(f"{self.backend}: {identity} exited unexpectedly; "
+                                       f"worker stderr: {self.stderr_lines[-10:]}")
             return
         if stream_name == "err":
             self.stderr_lines.append(f"{identity}: {line}")
@@ -216,8 +260,8 @@ class Cluster:
         """One trial: seconds from the signal to the next worker's LEADER stamp."""
         while True:
             if not self.wait_until(self.settled, timeout):
-                raise RuntimeError(f"workers did not settle within {timeout:.1f}s: "
-                                   f"{self.describe()}")
+                raise RuntimeError(f"{self.backend}: workers did not settle within "
+                                   f"{timeout:.1f}s: {self.describe()}")
             leader = self.current_leader
             assert leader is not None
             newest_ready = max(w.ready_at or 0.0 for w in self.running)
@@ -237,8 +281,8 @@ class Cluster:
                          if event.identity != victim.identity), None)
 
         if not self.wait_until(lambda: successor() is not None, timeout):
-            raise RuntimeError(f"no new leader within {timeout:.1f}s after {kind} of "
-                               f"{victim.identity}: {self.describe()}")
+            raise RuntimeError(f"{self.backend}: no new leader within {timeout:.1f}s after "
+                               f"{kind} of {victim.identity}: {self.describe()}")
         event = successor()
         assert event is not None
         if not self.wait_until(lambda: victim.exited, timeout):
@@ -284,10 +328,21 @@ def summary(values: Sequence[float]) -> tuple[float, float, float, float]:
             max(values))
 
 
+def token_summary(cluster: Cluster) -> tuple[bool, str]:
+    """Whether the fencing tokens of the terms seen only grew, and their span."""
+    tokens = [event.token for event in cluster.leaders]
+    int_tokens = [token for token in tokens if token is not None]
+    increasing = tokens == int_tokens and int_tokens == sorted(set(int_tokens))
+    span = f"{int_tokens[0]}..{int_tokens[-1]}" if int_tokens else "none"
+    return increasing, span
+
+
 def print_report(crash: Sequence[float], graceful: Sequence[float], timings: Timings,
                  cluster: Cluster) -> None:
     lease, retry = timings.lease_duration, timings.retry_period
-    print(f"FileElector failover, {WORKERS} worker processes on one lease file: "
+    target = graceful_target(cluster.backend)
+    where = "one lease file" if cluster.backend == "file" else "one lease"
+    print(f"{ELECTORS[cluster.backend]} failover, {WORKERS} worker processes on {where}: "
           f"lease_duration={lease:g}s renew_deadline={timings.renew_deadline:g}s "
           f"retry_period={retry:g}s; {len(crash)} crash + {len(graceful)} graceful "
           "trials, interleaved")
@@ -300,22 +355,19 @@ def print_report(crash: Sequence[float], graceful: Sequence[float], timings: Tim
         ("crash failover, ms", [v * 1000 for v in crash], ""),
         ("crash / lease_duration", [v / lease for v in crash], f"<= {CRASH_TARGET}"),
         ("graceful handover, ms", [v * 1000 for v in graceful], ""),
-        ("graceful / retry_period", [v / retry for v in graceful],
-         f"<= {GRACEFUL_TARGET}"),
+        ("graceful / retry_period", [v / retry for v in graceful], f"<= {target}"),
     ]
-    for name, values, target in rows:
+    for name, values, goal in rows:
         cells = " ".join(f"{value:>7.2f}" if "/" in name else f"{value:>7.1f}"
                          for value in summary(values))
-        print(f"{name:<32} {cells} {target:>8}".rstrip())
+        print(f"{name:<32} {cells} {goal:>8}".rstrip())
     print()
 
-    tokens = [event.token for event in cluster.leaders]
-    int_tokens = [token for token in tokens if token is not None]
-    increasing = tokens == int_tokens and int_tokens == sorted(set(int_tokens))
-    span = f"{int_tokens[0]}..{int_tokens[-1]}" if int_tokens else "none"
+    increasing, span = token_summary(cluster)
     print(f"leader terms seen: {len(cluster.leaders)}; fencing tokens {span}, strictly "
-          f"increasing: {'yes' if increasing else f'NO: {tokens}'}")
-    print(f"files left in the lease directory: {', '.join(cluster.leftovers) or '-'}")
+          f"increasing: {'yes' if increasing else 'NO'}")
+    if cluster.backend == "file":
+        print(f"files left in the lease directory: {', '.join(cluster.leftovers) or '-'}")
     print(f"unexpected step-downs (not the signalled leader): "
           f"{len(cluster.unexpected_stops)}"
           + (f" {cluster.unexpected_stops[:5]}" if cluster.unexpected_stops else ""))
@@ -327,8 +379,7 @@ def print_report(crash: Sequence[float], graceful: Sequence[float], timings: Tim
     print("Headline (ratios from this run):")
     headline("crash failover / lease_duration:", [v / lease for v in crash],
              CRASH_TARGET)
-    headline("graceful handover / retry_period:", [v / retry for v in graceful],
-             GRACEFUL_TARGET)
+    headline("graceful handover / retry_period:", [v / retry for v in graceful], target)
     ratio = statistics.median(crash) / statistics.median(graceful)
     print(f"  {'crash median / graceful median:':<34} {ratio:.1f}x")
 
@@ -340,41 +391,129 @@ def headline(label: str, ratios: Sequence[float], target: float) -> None:
           f"max {max(ratios):.2f}  (target p95 <= {target}: {verdict})")
 
 
+def print_side_by_side(results: dict[str, tuple[list[float], list[float]]],
+                       clusters: dict[str, Cluster], unavailable: dict[str, str],
+                       timings: Timings) -> None:
+    lease, retry = timings.lease_duration, timings.retry_period
+    trials = max((len(crash) for crash, _ in results.values()), default=0)
+    print(f"Failover by backend, {WORKERS} worker processes per backend, all backends running "
+          f"at once: lease_duration={lease:g}s renew_deadline={timings.renew_deadline:g}s "
+          f"retry_period={retry:g}s; {trials} crash (SIGKILL) + {trials} graceful (SIGTERM, "
+          "release) trials per backend, going round the backends")
+    print()
+    header = (f"{'backend':<11} | {'crash / lease_duration':^28} | "
+              f"{'graceful / retry_period':^28} | {'tokens':<7} {'step-downs':>10}")
+    sub = (f"{'':<11} | {'median':>6} {'max':>5} {'ms':>6} {'target':>8} | "
+           f"{'median':>6} {'max':>5} {'ms':>6} {'target':>8} |")
+    print(header)
+    print(sub)
+    print("-" * len(header))
+    verdicts = []
+    for backend, (crash, graceful) in results.items():
+        cluster = clusters[backend]
+        crash_ratio = [v / lease for v in crash]
+        graceful_ratio = [v / retry for v in graceful]
+        goal = graceful_target(backend)
+        crash_ok = statistics.median(crash_ratio) <= CRASH_TARGET
+        graceful_ok = statistics.median(graceful_ratio) <= goal
+        increasing, _ = token_summary(cluster)
+        verdicts.append((backend, crash_ok, graceful_ok, increasing))
+        print(f"{backend:<11} | {statistics.median(crash_ratio):>6.2f} {max(crash_ratio):>5.2f} "
+              f"{statistics.median(crash) * 1000:>6.0f} {'<= ' + str(CRASH_TARGET):>8} | "
+              f"{statistics.median(graceful_ratio):>6.2f} {max(graceful_ratio):>5.2f} "
+              f"{statistics.median(graceful) * 1000:>6.1f} {'<= ' + str(goal):>8} | "
+              f"{'growing' if increasing else 'NOT':<7} {len(cluster.unexpected_stops):>10}")
+    for backend, reason in unavailable.items():
+        print(f"{backend:<11} | n/a: {reason}")
+    print()
+    print("ms: medians in milliseconds. tokens: the fencing tokens of the terms seen only grew. "
+          "step-downs: a leader other than the signalled one stepped down.")
+    stderr = {backend: len(cluster.stderr_lines) for backend, cluster in clusters.items()
+              if cluster.stderr_lines}
+    if stderr:
+        print(f"worker stderr lines: {stderr}")
+        for cluster in clusters.values():
+            for line in cluster.stderr_lines[:3]:
+                print(f"  {cluster.backend}: {line}")
+    print()
+    print("Headline (medians from this run, side by side):")
+    for backend, crash_ok, graceful_ok, increasing in verdicts:
+        print(f"  {backend:<11} crash {'PASS' if crash_ok else 'FAIL'}, graceful "
+              f"{'PASS' if graceful_ok else 'FAIL'}, tokens "
+              f"{'PASS' if increasing else 'FAIL'}")
+
+
 def exit_on_signal(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(128 + signum)
 
 
-def run_benchmark(trials: int, timings: Timings, hold: float, verbose: bool) -> int:
+def run_benchmark(backends: Sequence[str], trials: int, timings: Timings, hold: float,
+                  verbose: bool) -> int:
+    from own_servers import Unavailable, start_server
+
     directory = tempfile.mkdtemp(prefix="singleton_jobs-failover-")
-    cluster = Cluster(os.path.join(directory, "leader.lease"), timings)
     timeout = 5 * timings.lease_duration + 10
-    crash: list[float] = []
-    graceful: list[float] = []
+    clusters: dict[str, Cluster] = {}
+    results: dict[str, tuple[list[float], list[float]]] = {}
+    unavailable: dict[str, str] = {}
+    servers: list[Any] = []
     # SIGTERM on the benchmark unwinds through the finally below, which kills the workers.
     signal.signal(signal.SIGTERM, exit_on_signal)
     try:
-        for _ in range(WORKERS):
-            cluster.spawn()
+        for backend in backends:
+            if backend == "file":
+                target = os.path.join(directory, "leader.lease")
+            elif backend == "sqlite":
+                target = f"sqlite:///{os.path.join(directory, 'leases.db')}"
+            else:
+                try:
+                    server = start_server(backend, Path(directory))
+                except Unavailable as exc:
+                    unavailable[backend] = str(exc)
+                    continue
+                servers.append(server)
+                target = server.url
+            clusters[backend] = Cluster(backend, target, timings)
+            results[backend] = ([], [])
+        for cluster in clusters.values():
+            for _ in range(WORKERS):
+                cluster.spawn()
         for index in range(2 * trials):
             kind = "crash" if index % 2 == 0 else "graceful"
-            seconds = cluster.trial(kind, hold, timeout)
-            (crash if kind == "crash" else graceful).append(seconds)
-            if verbose:
-                print(f"trial {index + 1:>3}/{2 * trials} {kind:<8} "
-                      f"{seconds * 1000:7.1f} ms", file=sys.stderr, flush=True)
+            for backend, cluster in clusters.items():
+                seconds = cluster.trial(kind, hold, timeout)
+                results[backend][0 if kind == "crash" else 1].append(seconds)
+                if verbose:
+                    print(f"trial {index + 1:>3}/{2 * trials} {backend:<10} {kind:<8} "
+                          f"{seconds * 1000:7.1f} ms", file=sys.stderr, flush=True)
     finally:
-        cluster.close()
-        cluster.leftovers = sorted(os.listdir(directory))
+        for cluster in clusters.values():
+            cluster.close()
+        for server in servers:
+            server.close()
+        if "file" in clusters:
+            clusters["file"].leftovers = sorted(
+                name for name in os.listdir(directory)
+                if name.startswith("leader.lease"))
         shutil.rmtree(directory, ignore_errors=True)
-    print_report(crash, graceful, timings, cluster)
+    if len(backends) == 1 and clusters:
+        (backend,) = clusters
+        print_report(*results[backend], timings, clusters[backend])
+    else:
+        print_side_by_side(results, clusters, unavailable, timings)
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        description="Crash failover and graceful handover times of FileElector.")
-    parser.add_argument("--trials", type=int, default=20,
-                        help="trials of each kind (crash and graceful)")
+        description="Crash failover and graceful handover times of each backend.")
+    parser.add_argument("--trials", type=int, default=None,
+                        help="trials of each kind (crash and graceful) per backend (default "
+                             "20 with one backend, 9 with several)")
+    parser.add_argument("--backend", default="file",
+                        help="file (default), postgresql, mysql, redis, sqlite, or several "
+                             "comma-separated, or all")
+    parser.add_argument("--quick", action="store_true", help="3 trials of each kind")
     parser.add_argument("--lease-duration", type=float, default=1.0)
     parser.add_argument("--renew-deadline", type=float, default=0.6)
     parser.add_argument("--retry-period", type=float, default=0.1)
@@ -382,8 +521,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="seconds each leader leads before it is signalled")
     parser.add_argument("--verbose", action="store_true",
                         help="print each trial's time to stderr as it ends")
-    parser.add_argument("--worker", nargs=2, metavar=("PATH", "IDENTITY"),
+    parser.add_argument("--worker", nargs=2, metavar=("TARGET", "IDENTITY"),
                         help=argparse.SUPPRESS)
+    parser.add_argument("--worker-backend", default="file", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     timings = Timings(args.lease_duration, args.renew_deadline, args.retry_period)
     try:
@@ -391,10 +531,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigurationError as exc:
         parser.error(str(exc))
     if args.worker:
-        return run_worker(args.worker[0], args.worker[1], timings)
-    if args.trials < 1:
+        return run_worker(args.worker_backend, args.worker[0], args.worker[1], timings)
+    backends = [name.strip() for name in args.backend.split(",") if name.strip()]
+    if "all" in backends:
+        backends = list(BACKENDS)
+    unknown = sorted(set(backends) - set(BACKENDS))
+    if unknown or not backends:
+        parser.error(f"--backend: choose from {', '.join(BACKENDS)} or all")
+    backends = list(dict.fromkeys(backends))
+    trials = args.trials
+    if trials is None:
+        trials = 3 if args.quick else 20 if len(backends) == 1 else 9
+    if trials < 1:
         parser.error("--trials must be positive")
-    return run_benchmark(args.trials, timings, args.hold, args.verbose)
+    return run_benchmark(backends, trials, timings, args.hold, args.verbose)
 
 
 if __name__ == "__main__":
