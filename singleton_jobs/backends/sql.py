@@ -451,21 +451,21 @@ class SQLLeaseStore(LeaseStore):
     @contextmanager
     def _connection(self, timeout: float, action: str) -> Iterator[Connection]:
         """A pooled connection for one call; any database failure becomes LeaseStoreError."""
-        doing = action
+        step = ""
         try:
             engine = self._engine(timeout)
             if not self._tables_ready:
-                doing = "create the tables of"
+                step = " (while creating its tables)"
                 self._create_tables(engine, timeout)
-                doing = action
+                step = ""
             with engine.connect() as conn:
                 yield conn
         except sa_exc.SQLAlchemyError as exc:
             self._tables_ready = False  # dropped tables come back at the next call
-            raise LeaseStoreError(f"could not {doing} lease {self.name}: "
+            raise LeaseStoreError(f"could not {action} lease {self.name}{step}: "
                                   f"{_short_error(exc)}") from exc
         except OSError as exc:
-            raise LeaseStoreError(f"could not {doing} lease {self.name}: {exc}") from exc
+            raise LeaseStoreError(f"could not {action} lease {self.name}{step}: {exc}") from exc
 
     def _create_tables(self, engine: Engine, timeout: float) -> None:
         for attempt in (1, 2, 3):
