@@ -21,11 +21,14 @@ Both are created if missing (MySQL: ``utf8mb4`` with the binary collation, so th
 compare exactly).
 
 Guarantees: every change is a compare-and-swap on ``version``: a leader's renew is one
-conditional ``UPDATE``, a follower's poll one ``SELECT``, a creation an ``INSERT`` that loses on
-the primary key. A record starts at a random version, so a row deleted and created again never
-repeats a version an old leader still holds. Statements run in autocommit mode, one round trip
-each. The fence is raised before the record takes a new token, and a creation is refused once the
-fence reached its token. Expiry is never the database's clock: the engine judges it on its own.
+conditional ``UPDATE``, a follower's poll one ``SELECT`` (which reads the fence too), a creation
+an ``INSERT`` that loses on the primary key. A record starts at a random version, so a row
+deleted and created again never repeats a version an old leader still holds. Statements run in
+autocommit mode, one round trip each; the fence and the record change together or not at all:
+a takeover raises the fence in the same transaction (on PostgreSQL, the same statement), and a
+creation claims the fence and inserts the row in one transaction, refused once the fence reached
+its token. So tokens go up by one per new holder, and never repeat. Expiry is never the
+database's clock: the engine judges it on its own.
 
 Bounds: each call's ``timeout`` bounds it. On an engine built here from a URL, the driver's
 connect timeout and the server's statement and lock timeouts are set from it; on every engine, a
@@ -34,8 +37,8 @@ partitioned network), which fails the call, and the connection is thrown away. A
 a :class:`~singleton_jobs.errors.LeaseStoreError`: the elector retries with a fresh connection.
 Connections are checked out for one call and returned at once, never held across a sleep.
 
-On PostgreSQL a release sends ``NOTIFY``; followers ``LISTEN`` on one extra connection per
-process and database, and try at once instead of at their next poll.
+On PostgreSQL a release sends ``NOTIFY`` in the statement that releases; followers ``LISTEN`` on
+one extra connection per process and database, and try at once instead of at their next poll.
 
 Caveats: dropping both tables while replicas run loses the fencing floor; stores that had seen
 it then wait one lease duration before creating the lease again, but a process started in that
@@ -142,6 +145,9 @@ def _parse_row(row: Any) -> LeaseRecord:
 
 
 # -- engines ------------------------------------------------------------------------------------
+
+#: SQLAlchemy 1.4 commits after data-changing statements outside its own transactions.
+_LIBRARY_AUTOCOMMIT = sa.__version__.startswith("1.")
 
 _engines: dict[tuple[str, int, int], Engine] = {}
 _engines_lock = threading.Lock()
@@ -353,12 +359,17 @@ class SQLLeaseStore(LeaseStore):
         self._fence_written = -1
         self._fence_seen = False        # a fence row was read or written by this store
         self._pid = os.getpid()
+        self._select_fence = sa.select(self._fence.c.transitions).where(
+            self._fence.c.name == name)
+        # A poll reads the fence too, in the same statement: a takeover right after it needs
+        # no second read, and the floor is consistent with the record it was read with.
         self._select = sa.select(
             self._leases.c.holder, self._leases.c.lease_duration, self._leases.c.acquire_time_us,
             self._leases.c.renew_time_us, self._leases.c.transitions, self._leases.c.version,
+            self._select_fence.scalar_subquery().label("fence"),
         ).where(self._leases.c.name == name)
-        self._select_fence = sa.select(self._fence.c.transitions).where(
-            self._fence.c.name == name)
+        self._floor_read: int | None | _Unset = _UNSET  # the fence of the last get(), once
+        self._statements = _Statements(self._leases, self._fence, self.dialect)
 
     @property
     def name(self) -> str:
@@ -378,55 +389,99 @@ class SQLLeaseStore(LeaseStore):
     # -- LeaseStore ---------------------------------------------------------------------------
 
     def get(self, *, timeout: float = 10.0) -> Snapshot | None:
+        """One ``SELECT``, which reads the fence as well (see :meth:`transitions_floor`)."""
+        self._floor_read = _UNSET
         with self._connection(timeout, "read") as conn:
             row = self._execute(conn, timeout, self._select).first()
         if row is None:
             return None
+        self._floor_read = self._floor(row[6])
         return _parse_row(row), row[5]
 
     def transitions_floor(self, *, timeout: float = 10.0) -> int | None:
-        """The fence row's counter: -1 if there is none, None if it vanished or is garbage."""
+        """The fence row's counter: -1 if there is none, None if it vanished or is garbage.
+
+        Right after a :meth:`get` that found the record, the fence that ``get`` read with it:
+        fence and record only ever change together, in one transaction.
+        """
+        floor, self._floor_read = self._floor_read, _UNSET
+        if not isinstance(floor, _Unset):
+            return floor
         with self._connection(timeout, "read the fence of") as conn:
             row = self._execute(conn, timeout, self._select_fence).first()
-        if row is None:
-            # A fence this store saw is gone (tables dropped or emptied): whoever held the
-            # lease may still lead, and nothing tells how far its token went.
-            return None if self._fence_seen else -1
-        self._fence_seen = True
-        value = row[0]
-        return value if isinstance(value, int) and value >= 0 else None
+        return self._floor(None if row is None else row[0])
 
     def create(self, record: LeaseRecord, *, timeout: float = 10.0) -> Version | None:
-        """Insert the row; None if it exists, or if the fence already reached the token."""
-        with self._connection(timeout, "create") as conn:
-            if not self._raise_fence(conn, timeout, record.transitions, new_only=True):
-                return None
-            version = random.getrandbits(_VERSION_BITS)
-            insert = sa.insert(self._leases).values(name=self.lease_name, version=version,
-                                                    **self._values(record))
+        """Insert the row; None if it exists, or if the fence already reached the token.
+
+        One transaction: the fence is claimed (raised to the token, or the creation refused)
+        and the row inserted together, so of two creations with one token after a deletion
+        only one gets it, and a refused creation leaves no trace.
+        """
+        self._floor_read = _UNSET
+        version = random.getrandbits(_VERSION_BITS)
+        insert = sa.insert(self._leases).values(name=self.lease_name, version=version,
+                                                **self._values(record))
+
+        def body(conn: Connection) -> bool:
+            if not self._claim_fence(conn, timeout, record.transitions):
+                return False
             try:
                 self._execute(conn, timeout, insert)
             except sa_exc.IntegrityError:
+                return False
+            return True
+
+        with self._connection(timeout, "create") as conn:
+            # A fence row to lock, made beforehand in its own statement: on InnoDB, creators
+            # that lock the gap where a missing row would go and then insert it deadlock.
+            try:
+                self._execute(conn, timeout, sa.insert(self._fence).values(
+                    name=self.lease_name, transitions=_NO_TOKEN))
+            except sa_exc.IntegrityError:
+                pass  # it exists
+            if not self._transaction(conn, timeout, body):
                 return None
+        self._wrote_fence(record.transitions)
         return version
 
     def update(self, record: LeaseRecord, version: Version, *,
                timeout: float = 10.0) -> Version | None:
+        """A renew is one ``UPDATE``; a new term raises the fence in the same transaction (on
+        PostgreSQL in the same statement), and a release sends ``NOTIFY`` in the same statement.
+        """
+        self._floor_read = _UNSET
         if version is not None and not isinstance(version, int):
             return None  # a version from another store: it cannot match
         new_version = 0 if version is None else version + 1
-        leases = self._leases
-        matches = leases.c.version.is_(None) if version is None else leases.c.version == version
-        statement = (sa.update(leases)
-                     .where(leases.c.name == self.lease_name, matches)
-                     .values(version=new_version, **self._values(record)))
+        values = {**self._values(record), "version": new_version}
+        statements = self._statements
+        new_term = record.transitions > self._fence_written
         with self._connection(timeout, "write") as conn:
-            if record.transitions > self._fence_written:  # a new term, not a renewal
-                self._raise_fence(conn, timeout, record.transitions)
-            if self._execute(conn, timeout, statement).rowcount != 1:
-                return None
-            if record.released and self.dialect == "postgresql":
-                self._notify(conn, timeout)
+            if new_term and statements.update_raising_fence is not None and version is not None:
+                done = self._execute(conn, timeout, statements.update_raising_fence, {
+                    **values, "name": self.lease_name, "expected": version}).rowcount == 1
+            elif new_term:
+                def body(conn: Connection) -> bool:
+                    if self._execute(conn, timeout, statements.update(self.lease_name, version),
+                                     values).rowcount != 1:
+                        return False
+                    self._claim_fence(conn, timeout, record.transitions, refuse=False)
+                    return True
+
+                done = self._transaction(conn, timeout, body)
+            elif record.released and statements.release_notifying is not None \
+                    and version is not None:
+                done = len(self._execute(conn, timeout, statements.release_notifying, {
+                    **values, "name": self.lease_name, "expected": version,
+                    "channel": self.table_name}).fetchall()) == 1
+            else:
+                done = self._execute(conn, timeout, statements.update(self.lease_name, version),
+                                     values).rowcount == 1
+        if not done:
+            return None
+        if new_term:
+            self._wrote_fence(record.transitions)
         return new_version
 
     def watch(self, callback: Callable[[], None]) -> Callable[[], None] | None:
@@ -459,6 +514,10 @@ class SQLLeaseStore(LeaseStore):
                 self._create_tables(engine, timeout)
                 step = ""
             with engine.connect() as conn:
+                if _LIBRARY_AUTOCOMMIT:
+                    # SQLAlchemy 1.4 would COMMIT after each INSERT or UPDATE on its own, in
+                    # the middle of our explicit transactions.
+                    conn = conn.execution_options(autocommit=False)
                 yield conn
         except sa_exc.SQLAlchemyError as exc:
             self._tables_ready = False  # dropped tables come back at the next call
@@ -480,9 +539,12 @@ class SQLLeaseStore(LeaseStore):
                     raise
         self._tables_ready = True
 
-    def _execute(self, conn: Connection, timeout: float, statement: Any) -> Any:
+    def _execute(self, conn: Connection, timeout: float, statement: Any,
+                 parameters: dict[str, Any] | None = None) -> Any:
         with self._watched(conn, timeout):
-            return conn.execute(statement)
+            if parameters is None:
+                return conn.execute(statement)
+            return conn.execute(statement, parameters)
 
     @contextmanager
     def _watched(self, conn: Connection, timeout: float) -> Iterator[None]:
@@ -498,36 +560,99 @@ class SQLLeaseStore(LeaseStore):
                 conn.invalidate()  # its socket is shut: never hand it out again
                 raise LeaseStoreError(f"lease {self.name}: no answer within {timeout:g}s")
 
-    def _raise_fence(self, conn: Connection, timeout: float, transitions: int, *,
-                     new_only: bool = False) -> bool:
-        """Make the fence at least ``transitions`` before a record carries it.
+    def _floor(self, value: object) -> int | None:
+        if value is None or value == _NO_TOKEN:
+            # A fence this store saw is gone (tables dropped or emptied): whoever held the
+            # lease may still lead, and nothing tells how far its token went.
+            return None if self._fence_seen else -1
+        self._fence_seen = True
+        return value if isinstance(value, int) and value >= 0 else None
 
-        With ``new_only`` (a creation), False if the fence already holds ``transitions`` or
-        more: of two creations with one token after a deletion, only one raises the fence.
+    def _wrote_fence(self, transitions: int) -> None:
+        self._fence_seen = True
+        self._fence_written = max(self._fence_written, transitions)
+
+    def _transaction(self, conn: Connection, timeout: float,
+                     body: Callable[[Connection], bool]) -> bool:
+        """Run ``body`` in one transaction: committed if it returns True, else rolled back.
+
+        The connection is in autocommit mode, so the transaction is explicit. If anything
+        fails half-way the connection is thrown away: the server rolls back what it began.
         """
+        try:
+            self._execute(conn, timeout, self._statements.begin)
+            done = body(conn)
+            self._execute(conn, timeout, _COMMIT if done else _ROLLBACK)
+        except BaseException:
+            conn.invalidate()
+            raise
+        return done
+
+    def _claim_fence(self, conn: Connection, timeout: float, transitions: int, *,
+                     refuse: bool = True) -> bool:
+        """Inside a transaction: raise the fence to ``transitions``. With ``refuse`` (a
+        creation), return False instead if it already holds ``transitions`` or more."""
         fence = self._fence
-        raised = self._execute(conn, timeout, sa.update(fence).where(
-            fence.c.name == self.lease_name, fence.c.transitions < transitions,
-        ).values(transitions=transitions)).rowcount == 1
-        if not raised:
+        row = self._execute(conn, timeout, self._select_fence.with_for_update()).first()
+        if row is None:
             try:
                 self._execute(conn, timeout, sa.insert(fence).values(
                     name=self.lease_name, transitions=transitions))
-                raised = True
             except sa_exc.IntegrityError:
-                pass  # the fence exists and is at least as high already
-        self._fence_seen = True
-        if raised or not new_only:
-            self._fence_written = max(self._fence_written, transitions)
+                return False  # created meanwhile by another replica's transaction
             return True
-        return False
+        if isinstance(row[0], int) and row[0] >= transitions:
+            return not refuse
+        self._execute(conn, timeout, sa.update(fence).where(fence.c.name == self.lease_name)
+                      .values(transitions=transitions))
+        return True
 
-    def _notify(self, conn: Connection, timeout: float) -> None:
-        try:
-            self._execute(conn, timeout, sa.select(sa.func.pg_notify(self.table_name,
-                                                                     self.lease_name)))
-        except (sa_exc.SQLAlchemyError, LeaseStoreError) as exc:  # polling still works
-            logger.debug("NOTIFY for %s failed: %s", self.name, exc)
+
+class _Unset:
+    """No fence read by the last get(): transitions_floor() must ask."""
+
+
+_UNSET = _Unset()
+#: A fence row that no record has carried a token of yet.
+_NO_TOKEN = -1
+_COMMIT = sa.text("COMMIT")
+_ROLLBACK = sa.text("ROLLBACK")
+
+
+class _Statements:
+    """The statements of one table's writes, some of them particular to a dialect."""
+
+    def __init__(self, leases: sa.Table, fence: sa.Table, dialect: str) -> None:
+        self._leases = leases
+        # SQLite takes its write lock at BEGIN IMMEDIATE: two transactions that both read
+        # first and then write would otherwise fail on upgrading their locks.
+        self.begin = sa.text("BEGIN IMMEDIATE" if dialect == "sqlite" else "BEGIN")
+        self.update_raising_fence: sa.TextClause | None = None
+        self.release_notifying: sa.TextClause | None = None
+        if dialect == "postgresql":
+            columns = ", ".join(f"{c} = :{c}" for c in _WRITTEN)
+            update = (f"UPDATE {leases.name} SET {columns} "
+                      "WHERE name = :name AND version = :expected")
+            # One statement for a takeover: the fence rises with the record or not at all.
+            self.update_raising_fence = sa.text(
+                f"WITH changed AS ({update} RETURNING transitions) "
+                f"INSERT INTO {fence.name} (name, transitions) "
+                "SELECT :name, transitions FROM changed "
+                f"ON CONFLICT (name) DO UPDATE SET transitions = "
+                f"GREATEST({fence.name}.transitions, EXCLUDED.transitions)")
+            # And one for a release: followers are told in the same round trip.
+            self.release_notifying = sa.text(
+                f"WITH changed AS ({update} RETURNING name) "
+                "SELECT pg_notify(:channel, name) FROM changed")
+
+    def update(self, name: str, version: int | None) -> Any:
+        leases = self._leases
+        matches = leases.c.version.is_(None) if version is None else leases.c.version == version
+        return sa.update(leases).where(leases.c.name == name, matches)
+
+
+_WRITTEN = ("holder", "lease_duration", "acquire_time_us", "renew_time_us", "transitions",
+            "version")
 
 
 def _safe_url(url: object) -> str:
