@@ -255,6 +255,21 @@ def test_postgresql_notify_hands_over_in_a_fraction_of_the_retry_period(driver: 
     assert sorted(handovers)[1] < 0.2, handovers
 
 
+def test_tokens_go_up_by_one_per_new_holder_while_followers_race(sql_url: str) -> None:
+    """Every follower is woken by the release at once (NOTIFY on PostgreSQL): the losers of
+    each race must leave no trace in the fence, or the next token would skip a number."""
+    with Fleet(sql_url, lease_name(), 6) as fleet:
+        tokens = []
+        leader = fleet.leader()
+        for _ in range(5):
+            tokens.append(leader.fencing_token)
+            leader.stop()
+            leader = fleet.leader()
+        tokens.append(leader.fencing_token)
+    fleet.check()
+    assert tokens == list(range(6)), tokens
+
+
 def test_renew_and_poll_are_one_statement_each(sql_url: str) -> None:
     store = SQLLeaseStore(sql_url, lease_name())
     statements: list[str] = []
