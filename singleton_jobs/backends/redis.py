@@ -83,8 +83,6 @@ MAX_NAME_LENGTH = 200
 MAX_KEY_PREFIX_LENGTH = 200
 #: The smallest timeout given to a socket: 0 would mean "never time out" to some releases.
 MIN_TIMEOUT = 0.001
-#: Clients kept per store, one per distinct timeout (the elector always passes the same one).
-MAX_CLIENTS = 4
 #: Fencing tokens and transitions are stored as decimal strings of at most this many digits,
 #: so that Lua (whose numbers are doubles) compares them exactly.
 MAX_TRANSITIONS = 10**15 - 1
@@ -321,7 +319,6 @@ class RedisLeaseStore(LeaseStore):
         self.channel: str = release_channel(key_prefix)
         self._errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
         self._lock = threading.Lock()
-        self._clients: dict[float, Any] = {}        # timeout -> client, built on first use
         self._scripts: tuple[Any, Any] | None = None
         # The highest fence this store read or wrote, None before any: a fence that vanishes
         # after it was seen is an unknown floor, not a fresh start.
@@ -368,7 +365,6 @@ class RedisLeaseStore(LeaseStore):
         """Connections must not cross a fork: both processes would read each other's answers
         from one socket. The child connects anew (what it knows of the fence stays)."""
         self._lock = threading.Lock()
-        self._clients = {}
         self._scripts = None
         self._pid = os.getpid()
 
@@ -377,15 +373,16 @@ class RedisLeaseStore(LeaseStore):
     def _client(self, timeout: float) -> Any:
         """A client whose connections time out after ``timeout`` and never retry."""
         timeout = max(round(timeout, 3), MIN_TIMEOUT)
-        with self._lock:
-            client = self._clients.get(timeout)
+        # Stores of one process on one server share a client and its pool, as SQL stores on
+        # one URL share an engine: 200 electors need a few connections, not 200.
+        key = (os.getpid(), self._connection_class, timeout,
+               *sorted((name, value if _plain(value) else id(value))
+                       for name, value in self._settings.items()))
+        with _clients_lock:
+            client = _clients.get(key)
             if client is None:
-                client = self._build_client(timeout)
-                if len(self._clients) >= MAX_CLIENTS:
-                    oldest = next(iter(self._clients))
-                    self._clients.pop(oldest).connection_pool.disconnect(
-                        inuse_connections=False)
-                self._clients[timeout] = client
+                client = _clients[key] = self._build_client(timeout)
+        with self._lock:
             if self._scripts is None:
                 self._scripts = (client.register_script(_CREATE),
                                  client.register_script(_UPDATE))
@@ -554,6 +551,21 @@ class RedisLeaseStore(LeaseStore):
         return self._build_client(LISTEN_TIMEOUT)
 
 
+_clients: dict[tuple[Hashable, ...], Any] = {}
+_clients_lock = threading.Lock()
+
+
+def _plain(value: object) -> bool:
+    return value is None or isinstance(value, (str, int, float, bool, bytes))
+
+
+def _forget_inherited_clients() -> None:
+    """In a child after fork(): the parent's sockets are not ours to use."""
+    global _clients_lock
+    _clients_lock = threading.Lock()
+    _clients.clear()
+
+
 def _accepts(cls: Any, parameter: str) -> bool:
     """Whether ``cls(...)`` takes the keyword ``parameter`` (older redis-py Unix connections
     have no connect timeout)."""
@@ -716,6 +728,7 @@ class _ReleaseListener:
 
 if hasattr(os, "register_at_fork"):  # pragma: no branch - POSIX
     os.register_at_fork(after_in_child=_ReleaseListener.forget_inherited)
+    os.register_at_fork(after_in_child=_forget_inherited_clients)
 
 
 class RedisElector(Elector):
