@@ -552,3 +552,31 @@ def test_full_database_costs_leadership_never_safety_and_recovers(own_postgres: 
     finally:
         subprocess.run(["umount", "-l", str(space)], check=True)
         space.rmdir()
+
+
+def test_elector_created_before_fork_leads_in_the_child_on_connections_of_its_own(
+        sql_url: str) -> None:
+    """A pre-fork server builds the elector in its master, which already used the database
+    (its pool holds a connection); a worker starts it. The worker must open its own
+    connections: two processes on one socket would read each other's answers."""
+    code = f"""
+import os, sys
+from singleton_jobs import SQLElector
+elector = SQLElector({sql_url!r}, {lease_name()!r}, lease_duration=2, renew_deadline=1,
+                     retry_period=0.1)
+assert elector.store.get(timeout=5) is None      # the master's pool holds a connection now
+pid = os.fork()
+if pid == 0:
+    elector.start()
+    led = elector.wait_for_leadership(10)
+    print("child", led, elector.fencing_token, flush=True)
+    elector.stop()
+    os._exit(0)
+os.waitpid(pid, 0)
+record, _ = elector.store.get(timeout=5)          # the master's connection still answers it
+print("parent", repr(record.holder), record.transitions, flush=True)
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["child True 0", "parent '' 0"], result.stdout
