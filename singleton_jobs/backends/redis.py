@@ -376,8 +376,7 @@ class RedisLeaseStore(LeaseStore):
         # Stores of one process on one server share a client and its pool, as SQL stores on
         # one URL share an engine: 200 electors need a few connections, not 200.
         key = (os.getpid(), self._connection_class, timeout,
-               *sorted((name, value if _plain(value) else id(value))
-                       for name, value in self._settings.items()))
+               *sorted((name, _setting_key(value)) for name, value in self._settings.items()))
         with _clients_lock:
             client = _clients.get(key)
             if client is None:
@@ -555,8 +554,14 @@ _clients: dict[tuple[Hashable, ...], Any] = {}
 _clients_lock = threading.Lock()
 
 
-def _plain(value: object) -> bool:
-    return value is None or isinstance(value, (str, int, float, bool, bytes))
+def _setting_key(value: object) -> Hashable:
+    """A connection setting as part of a key: the value itself if plain, its ``repr`` if its
+    class says what it holds (a config object built anew for each URL), else its identity."""
+    if value is None or isinstance(value, (str, int, float, bool, bytes)):
+        return value
+    if type(value).__repr__ is not object.__repr__:
+        return (type(value).__qualname__, repr(value))
+    return id(value)
 
 
 def _forget_inherited_clients() -> None:
