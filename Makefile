@@ -52,6 +52,9 @@ bench:
 	$(PYTHON) benchmarks/failover.py
 	$(PYTHON) benchmarks/import_time.py
 	$(PYTHON) benchmarks/k8s_requests.py
+	$(PYTHON) benchmarks/backend_requests.py
+	$(PYTHON) benchmarks/failover.py --backend all
+	$(PYTHON) benchmarks/scale.py
 
 # Ten minutes of faults against five replicas; prints the table quoted in the README.
 chaos:
