@@ -70,9 +70,10 @@ def own_server(request: pytest.FixtureRequest) -> Server:
 class Fleet:
     """Electors on one lease, watched by a sampler: never two leaders, tokens only grow."""
 
-    def __init__(self, url: str, name: str, count: int, **timings: float) -> None:
-        self.electors = [SQLElector(url, name, identity=f"replica-{i}", **{**TIMINGS, **timings})
-                         for i in range(count)]
+    def __init__(self, url: str, name: str, count: int, table: str = "singleton_jobs_leases",
+                 **timings: float) -> None:
+        self.electors = [SQLElector(url, name, table=table, identity=f"replica-{i}",
+                                    **{**TIMINGS, **timings}) for i in range(count)]
         self.tokens: list[tuple[str, int]] = []  # (identity, token) at every change seen
         self.violations: list[str] = []
         self._done = threading.Event()
@@ -189,6 +190,19 @@ def test_many_leases_share_one_table_without_interfering(sql_url: str) -> None:
         assert b.leader().fencing_token == 0
     a.check()
     b.check()
+
+
+def test_a_table_of_your_own_naming_mixed_case_included(sql_url: str) -> None:
+    table = f"Leases_{time.time_ns() % 10**9}"
+    name = lease_name()
+    with Fleet(sql_url, name, 3, table=table) as fleet:
+        first = fleet.leader()
+        first.stop()  # a release, then a takeover: the statements written by hand on PostgreSQL
+        second = fleet.leader()
+        assert second.fencing_token == 1
+    fleet.check()
+    quote = "`" if sql_url.startswith("mysql") else '"'
+    sql(sql_url, f"DROP TABLE {quote}{table}{quote}", f"DROP TABLE {quote}{table}_fence{quote}")
 
 
 def test_lease_names_differing_only_in_case_are_different_leases(sql_url: str) -> None:

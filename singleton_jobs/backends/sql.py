@@ -630,16 +630,18 @@ class _Statements:
         self.update_raising_fence: sa.TextClause | None = None
         self.release_notifying: sa.TextClause | None = None
         if dialect == "postgresql":
+            # Quoted, as SQLAlchemy quotes a mixed-case name: unquoted, PostgreSQL folds case.
+            table, fence_table = f'"{leases.name}"', f'"{fence.name}"'
             columns = ", ".join(f"{c} = :{c}" for c in _WRITTEN)
-            update = (f"UPDATE {leases.name} SET {columns} "
+            update = (f"UPDATE {table} SET {columns} "
                       "WHERE name = :name AND version = :expected")
             # One statement for a takeover: the fence rises with the record or not at all.
             self.update_raising_fence = sa.text(
                 f"WITH changed AS ({update} RETURNING transitions) "
-                f"INSERT INTO {fence.name} (name, transitions) "
+                f"INSERT INTO {fence_table} (name, transitions) "
                 "SELECT :name, transitions FROM changed "
                 f"ON CONFLICT (name) DO UPDATE SET transitions = "
-                f"GREATEST({fence.name}.transitions, EXCLUDED.transitions)")
+                f"GREATEST({fence_table}.transitions, EXCLUDED.transitions)")
             # And one for a release: followers are told in the same round trip.
             self.release_notifying = sa.text(
                 f"WITH changed AS ({update} RETURNING name) "
