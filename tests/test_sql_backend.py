@@ -594,3 +594,27 @@ print("parent", repr(record.holder), record.transitions, flush=True)
                             timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["child True 0", "parent '' 0"], result.stdout
+
+
+def test_killed_listen_connection_comes_back_and_still_wakes_followers() -> None:
+    url = POSTGRES_URL
+    require_server(url)
+    with Fleet(url, lease_name(), 2, lease_duration=8.0, renew_deadline=5.0,
+               retry_period=2.0) as fleet:
+        first = fleet.leader()
+        time.sleep(0.5)
+        engine = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+        with engine.connect() as conn:
+            killed = conn.execute(sa.text(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE "
+                "datname = current_database() AND pid <> pg_backend_pid() AND "
+                "query LIKE 'LISTEN%'")).scalar()
+        engine.dispose()
+        assert killed >= 1
+        time.sleep(1.0)  # the listener reconnects within a fraction of a second
+        started = time.monotonic()
+        first.stop()
+        fleet.leader(timeout=3.0)
+        handover = time.monotonic() - started
+    fleet.check()
+    assert handover < 0.5, f"handover took {handover:.2f}s: the follower polled"

@@ -50,6 +50,7 @@ its own connect timeout applies to connecting.
 from __future__ import annotations
 
 import heapq
+import inspect
 import itertools
 import logging
 import math
@@ -684,6 +685,7 @@ class _Listener:
         self._callbacks: dict[str, list[Callable[[], None]]] = {}
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._connected_before = False
 
     def add(self, name: str, callback: Callable[[], None]) -> Callable[[], None]:
         with self._lock:
@@ -716,6 +718,13 @@ class _Listener:
             try:
                 self._listen()
                 backoff = 0.1
+            except _CannotListen as exc:
+                logger.warning("no release notifications on %s (%s); followers poll",
+                               self._channel, exc)
+                with self._lock:
+                    self._callbacks.clear()
+                    self._thread = None
+                return
             except Exception as exc:  # noqa: BLE001 - lost connection: polling covers the gap
                 logger.debug("LISTEN %s interrupted: %s", self._channel, exc)
                 time.sleep(backoff)
@@ -731,14 +740,18 @@ class _Listener:
             if module.startswith("psycopg2"):
                 raw.set_isolation_level(0)  # autocommit
                 raw.cursor().execute(f'LISTEN "{self._channel}"')
+                self._after_reconnect()
                 while self._wanted():
                     if select.select([raw], [], [], 1.0)[0]:
                         raw.poll()
                         while raw.notifies:
                             self._fire(raw.notifies.pop(0).payload)
             else:  # psycopg 3 (notifies() with a timeout: 3.2 and later)
+                if "timeout" not in inspect.signature(raw.notifies).parameters:
+                    raise _CannotListen("psycopg 3.2 or later is needed to listen")
                 raw.autocommit = True
                 raw.execute(f'LISTEN "{self._channel}"')
+                self._after_reconnect()
                 while self._wanted():
                     for notify in raw.notifies(timeout=1.0, stop_after=1):
                         self._fire(notify.payload)
@@ -750,11 +763,25 @@ class _Listener:
             except Exception:  # noqa: BLE001 - already broken
                 pass
 
+    def _after_reconnect(self) -> None:
+        """A release may have gone unheard while there was no connection: every follower
+        looks once (the first connection has missed nothing)."""
+        if self._connected_before:
+            with self._lock:
+                callbacks = [c for group in self._callbacks.values() for c in group]
+            for callback in callbacks:
+                callback()
+        self._connected_before = True
+
     def _fire(self, name: str) -> None:
         with self._lock:
             callbacks = list(self._callbacks.get(name, ()))
         for callback in callbacks:
             callback()
+
+
+class _CannotListen(Exception):
+    """This driver cannot wait for notifications with a timeout: poll instead."""
 
 
 _listeners: dict[tuple[int, int, str], _Listener] = {}
