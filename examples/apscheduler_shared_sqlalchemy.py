@@ -1,12 +1,16 @@
-"""Several replicas share one SQLAlchemy job store; each scheduled run happens exactly once.
+"""Several replicas share one database for their jobs and their lease; each scheduled run happens
+exactly once.
 
-    pip install "singleton_jobs[apscheduler]"
+    pip install "singleton_jobs[apscheduler,sql]"
     python examples/apscheduler_shared_sqlalchemy.py     # in two or three terminals
+    JOBS_DATABASE=postgresql+psycopg://app@db/app python examples/apscheduler_shared_sqlalchemy.py
 
 Every replica runs the same scheduler. The report job lives in the shared store, wrapped in a
 LeaderOnlyJobStore: only the leader runs it, and after the leader dies the next one continues
-from the schedule stored in the database. The heartbeat job lives in the scheduler's ordinary
-memory store and runs on every replica.
+from the schedule stored in the database. The lease is a row in the same database (SQLElector),
+so replicas on several hosts need nothing but the database they already share; the default
+SQLite file serves the processes of one host. The heartbeat job lives in the scheduler's
+ordinary memory store and runs on every replica.
 """
 
 from __future__ import annotations
@@ -20,11 +24,11 @@ from apscheduler.jobstores.base import ConflictingIdError
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from singleton_jobs import FileElector
+from singleton_jobs import SQLElector
 from singleton_jobs.apscheduler import LeaderOnlyJobStore
 
-# Every replica must point at the same database.
-DATABASE = os.environ.get("JOBS_DATABASE", "sqlite:///jobs.sqlite")
+# Every replica must point at the same database: for the jobs and for the lease.
+DATABASE_URL = os.environ.get("JOBS_DATABASE", "sqlite:///jobs.sqlite")
 
 
 def send_report() -> None:
@@ -37,9 +41,10 @@ def heartbeat() -> None:
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    elector = FileElector(name="report-sender", lease_duration=6, renew_deadline=4, retry_period=1)
+    elector = SQLElector(DATABASE_URL, "report-sender", lease_duration=6, renew_deadline=4,
+                         retry_period=1)
     scheduler = BackgroundScheduler(timezone=timezone.utc)
-    scheduler.add_jobstore(LeaderOnlyJobStore(elector, SQLAlchemyJobStore(url=DATABASE)),
+    scheduler.add_jobstore(LeaderOnlyJobStore(elector, SQLAlchemyJobStore(url=DATABASE_URL)),
                            "leader")
     scheduler.add_job(heartbeat, "interval", seconds=5)  # default store: runs everywhere
     try:  # Ctrl+C at any moment from here on shuts down cleanly

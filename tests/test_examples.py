@@ -4,24 +4,47 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import sqlalchemy
 from conftest import HERE, Process
+from servers import POSTGRES_URL, require_server
 
 EXAMPLES = HERE.parent / "examples"
 
 
-@pytest.mark.parametrize(("script", "leader_line"), [
-    ("cleanup_job.py", "cleaning up"),
-    ("apscheduler_shared_sqlalchemy.py", "sending the report"),
-    ("apscheduler_asyncio.py", "rates refreshed"),
+@pytest.fixture
+def fresh_postgres_database() -> Iterator[str]:
+    """A database of its own on the PostgreSQL server: a jobs table keeps its schedule."""
+    require_server(POSTGRES_URL)
+    name = f"examples_{os.getpid()}_{time.time_ns()}"
+    admin = sqlalchemy.create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sqlalchemy.text(f"CREATE DATABASE {name}"))
+    try:
+        yield str(sqlalchemy.engine.make_url(POSTGRES_URL).set(database=name))
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sqlalchemy.text(f"DROP DATABASE {name} WITH (FORCE)"))
+        admin.dispose()
+
+
+@pytest.mark.parametrize(("script", "leader_line", "database"), [
+    ("cleanup_job.py", "cleaning up", "sqlite"),
+    ("apscheduler_shared_sqlalchemy.py", "sending the report", "sqlite"),
+    ("apscheduler_shared_sqlalchemy.py", "sending the report", "postgresql"),
+    ("apscheduler_asyncio.py", "rates refreshed", "sqlite"),
 ])
 def test_example_runs_its_job_on_one_of_two_replicas(
-        spawn: Callable[..., Process], tmp_path: Path, script: str, leader_line: str) -> None:
-    env = {**os.environ, "XDG_RUNTIME_DIR": str(tmp_path),
-           "JOBS_DATABASE": f"sqlite:///{tmp_path / 'jobs.sqlite'}"}
+        spawn: Callable[..., Process], tmp_path: Path, script: str, leader_line: str,
+        database: str, request: pytest.FixtureRequest) -> None:
+    url = f"sqlite:///{tmp_path / 'jobs.sqlite'}"
+    if database == "postgresql":
+        url = request.getfixturevalue("fresh_postgres_database")
+    env = {**os.environ, "XDG_RUNTIME_DIR": str(tmp_path), "JOBS_DATABASE": url}
     first = spawn(str(EXAMPLES / script), env=env)
     assert first.wait_for_line(lambda line: leader_line in line, 30), first.output()
     second = spawn(str(EXAMPLES / script), env=env)
