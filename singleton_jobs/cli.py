@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import datetime
+import json
 import os
 import signal
 import sys
@@ -11,15 +13,31 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from .errors import ConfigurationError, SingletonJobsError
+from . import __version__
+from .errors import ConfigurationError, LeaseStoreError, SingletonJobsError
 
 if TYPE_CHECKING:
     from .election import Elector
-    from .store import LeaseStore
+    from .lease import LeaseRecord
+    from .store import LeaseStore, Snapshot
 
 _print_lock = threading.Lock()
 
 DEMO_LEASE_NAME = "singleton-jobs-demo"
+
+#: The backends each lease option belongs to; given with another backend it is an error, not
+#: silently ignored (the lease would be looked for somewhere else than the user meant).
+_OPTION_BACKENDS = {
+    "lease_path": ("file",),
+    "url": ("sql", "redis"),
+    "namespace": ("kubernetes",),
+    "table": ("sql",),
+    "key_prefix": ("redis",),
+}
+
+#: How ``status`` judges validity, in its JSON: a one-shot reader cannot watch the record
+#: change on its own clock as an elector does, so only the writer's timestamps are left.
+JUDGED_BY = "the writer's wall clock: clock skew between the writer and this host shifts it"
 
 
 def log(message: str) -> None:
@@ -37,10 +55,18 @@ def _seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
 
 
+def _positive_seconds(text: str) -> float:
+    value = _seconds(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="singleton-jobs",
         description="Run scheduled work on exactly one replica, with failover.")
+    parser.add_argument("--version", action="version", version=f"singleton-jobs {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     demo = commands.add_parser(
@@ -63,25 +89,69 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--heartbeat", type=_seconds, default=1.0, metavar="SECONDS",
                       help="time between status lines (default: 1)")
 
-    status = commands.add_parser("status", help="print who holds the demo's lease")
+    status = commands.add_parser(
+        "status", help="print who holds a lease (the demo's by default)",
+        description="Read the lease once and print its holder, fencing token, last renew and "
+                    "whether it is valid. Validity is judged by the writer's wall clock "
+                    "(renew time + lease duration), so clock skew between the writer and this "
+                    "host shifts it.",
+        epilog="exit status: 0 a valid holder exists; 1 nobody leads (no lease yet, released, "
+               "expired or unreadable); 2 the lease could not be read (bad option, server "
+               "unreachable, missing extra), with the reason on stderr")
     _add_lease_arguments(status)
+    status.add_argument("--timeout", type=_positive_seconds, default=10.0, metavar="SECONDS",
+                        help="give up reading the lease after this long (default: 10)")
+    status.add_argument("--json", action="store_true",
+                        help="print one JSON object instead of lines")
     return parser
 
 
 def _add_lease_arguments(parser: argparse.ArgumentParser) -> None:
+    # Backend options default to None so that one given for another backend can be refused.
     parser.add_argument("--backend", choices=["file", "kubernetes", "sql", "redis"],
                         default="file", help="where the lease lives (default: file)")
     parser.add_argument("--lease-path", help="file backend: the lease file (default: "
                                              "demo.lease in a per-user directory)")
-    parser.add_argument("--lease-name", default=DEMO_LEASE_NAME,
-                        help="kubernetes, sql and redis backends: the lease's name (default: "
-                             f"{DEMO_LEASE_NAME})")
+    parser.add_argument("--lease-name",
+                        help=f"the lease's name (default: {DEMO_LEASE_NAME}); with --backend "
+                             "file, the file <name>.lease in the per-user directory")
     parser.add_argument("--url", help="sql backend: a SQLAlchemy database URL "
                                       "(postgresql+psycopg://user@host/db, mysql+pymysql://…, "
                                       "sqlite:///path); redis backend: redis://host:port/db")
     parser.add_argument("--namespace", help="kubernetes backend: the Lease's namespace (default: "
                                             "the pod's, else the kubeconfig context's, else "
                                             "default)")
+    parser.add_argument("--table", help="sql backend: the leases table (default: "
+                                        "singleton_jobs_leases)")
+    parser.add_argument("--key-prefix", help="redis backend: prefix of the lease's keys "
+                                             "(default: singleton_jobs:)")
+
+
+def _check_lease_arguments(args: argparse.Namespace) -> None:
+    """Refuse options that belong to another backend than ``--backend``.
+
+    :raises ConfigurationError: an option of another backend, or two that name the same lease.
+    """
+    for option, backends in _OPTION_BACKENDS.items():
+        if getattr(args, option) is not None and args.backend not in backends:
+            flag = "--" + option.replace("_", "-")
+            owners = " or ".join(f"--backend {backend}" for backend in backends)
+            raise ConfigurationError(f"{flag} is an option of {owners}, not of --backend "
+                                     f"{args.backend}; drop it, or pass {owners}")
+    if args.lease_path is not None and args.lease_name is not None:
+        raise ConfigurationError("--lease-path and --lease-name both name the file lease; "
+                                 "pass only one of them")
+
+
+def _lease_name(args: argparse.Namespace) -> str:
+    return DEMO_LEASE_NAME if args.lease_name is None else str(args.lease_name)
+
+
+def _file_lease(args: argparse.Namespace) -> dict[str, Any]:
+    """``path`` or ``name`` for a file store: the demo's file when neither is given."""
+    if args.lease_name is not None:
+        return {"name": args.lease_name}
+    return {"path": _demo_path(args.lease_path)}
 
 
 def _demo_path(path: str | None) -> str:
@@ -123,7 +193,7 @@ def run_demo(args: argparse.Namespace) -> int:
         from .backends.kubernetes import KubernetesElector
 
         elector = KubernetesElector(
-            args.lease_name, namespace=args.namespace, identity=node, **timings, **callbacks)
+            _lease_name(args), namespace=args.namespace, identity=node, **timings, **callbacks)
         where = f"Lease: {elector.store.name} on {elector.store.host}"
     elif args.backend in ("sql", "redis"):
         elector = _url_elector(args, identity=node, **timings, **callbacks)
@@ -131,9 +201,7 @@ def run_demo(args: argparse.Namespace) -> int:
     else:
         from .backends.file import FileElector
 
-        elector = FileElector(
-            _demo_path(args.lease_path), identity=node, **timings,
-            on_started_leading=started, on_stopped_leading=stopped, on_new_leader=new_leader)
+        elector = FileElector(**_file_lease(args), identity=node, **timings, **callbacks)
         where = f"Lease file: {elector.path}"
 
     @leader_only(elector)
@@ -190,24 +258,34 @@ def _require_url(args: argparse.Namespace) -> str:
     return str(args.url)
 
 
+def _url_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The URL, lease name and table or key prefix of a SQL or Redis store or elector."""
+    options: dict[str, Any] = {}
+    if args.table is not None:
+        options["table"] = args.table
+    if args.key_prefix is not None:
+        options["key_prefix"] = args.key_prefix
+    return {"name": _lease_name(args), **options}
+
+
 def _url_elector(args: argparse.Namespace, **options: Any) -> Elector:
     if args.backend == "sql":
         from .backends.sql import SQLElector
 
-        return SQLElector(_require_url(args), args.lease_name, **options)
+        return SQLElector(_require_url(args), **_url_options(args), **options)
     from .backends.redis import RedisElector
 
-    return RedisElector(_require_url(args), args.lease_name, **options)
+    return RedisElector(_require_url(args), **_url_options(args), **options)
 
 
 def _url_store(args: argparse.Namespace) -> LeaseStore:
     if args.backend == "sql":
         from .backends.sql import SQLLeaseStore
 
-        return SQLLeaseStore(_require_url(args), args.lease_name)
+        return SQLLeaseStore(_require_url(args), **_url_options(args))
     from .backends.redis import RedisLeaseStore
 
-    return RedisLeaseStore(_require_url(args), args.lease_name)
+    return RedisLeaseStore(_require_url(args), **_url_options(args))
 
 
 def _schedule(elector: Elector, job: Any, interval: float) -> Any:
@@ -228,44 +306,150 @@ def _schedule(elector: Elector, job: Any, interval: float) -> Any:
     return scheduler
 
 
-def run_status(args: argparse.Namespace) -> int:
+def _status_store(args: argparse.Namespace) -> tuple[LeaseStore, str, str]:
+    """The store ``status`` reads, the lease's name (a path for a file) and where it lives."""
     store: LeaseStore
     if args.backend == "kubernetes":
         from .backends.kubernetes import KubernetesLeaseStore
 
-        store = KubernetesLeaseStore(args.lease_name, namespace=args.namespace)
-        where = f"Lease {store.name} on {store.host}"
-    elif args.backend in ("sql", "redis"):
+        kubernetes = KubernetesLeaseStore(_lease_name(args), namespace=args.namespace)
+        return kubernetes, kubernetes.name, f"Lease: {kubernetes.name} on {kubernetes.host}"
+    if args.backend in ("sql", "redis"):
         store = _url_store(args)
-        where = store.name
-    else:
-        from .backends.file import FileLeaseStore
+        return store, _lease_name(args), f"Lease: {store.name}"
+    from .backends.file import FileLeaseStore
 
-        store = FileLeaseStore(_demo_path(args.lease_path))
-        where = store.path
-    snapshot = store.get(timeout=10.0)
+    file = FileLeaseStore(**_file_lease(args))
+    return file, file.path, f"Lease file: {file.path}"
+
+
+def _utc(seconds: float) -> str | None:
+    """ISO 8601 in UTC with microseconds, or None for a time the record does not state (0)."""
+    if seconds <= 0:
+        return None
+    moment = datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc)
+    return moment.isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def lease_status(snapshot: Snapshot | None, now: float) -> dict[str, Any]:
+    """What ``status`` reports about ``snapshot`` at wall-clock time ``now``.
+
+    ``state`` is ``absent``, ``unreadable``, ``released``, ``expired`` or ``held``; only
+    ``held`` is ``valid``: a readable record with a holder and ``now < renew_time +
+    lease_duration``. That is the writer's clock against ours; an elector never trusts it (it
+    times the record's changes on its own clock), but a single read has nothing else. A record
+    that states no lease duration (the seed's file format) cannot be judged, and is not valid.
+    """
+    fields: dict[str, Any] = {
+        "holder": None, "fencing_token": None, "acquire_time": None, "renew_time": None,
+        "renewed_seconds_ago": None, "lease_duration": None, "expires_in_seconds": None,
+        "valid": False, "state": "absent", "judged_by": JUDGED_BY}
     if snapshot is None:
-        print(f"{where}: no lease yet")
-        return 0
+        return fields
     record = snapshot[0]
     if not record.readable:
-        holder = "unreadable content (treated as held by nobody valid)"
+        fields["state"] = "unreadable"
+        return fields
+    fields.update(fencing_token=record.transitions, acquire_time=_utc(record.acquire_time),
+                  renew_time=_utc(record.renew_time))
+    if record.renew_time > 0:
+        fields["renewed_seconds_ago"] = round(now - record.renew_time, 3)
+    if record.released:
+        fields["state"] = "released"
+        return fields
+    fields["holder"] = record.holder
+    valid = False
+    if record.lease_duration > 0:
+        fields["lease_duration"] = record.lease_duration
+        if record.renew_time > 0:
+            left = record.renew_time + record.lease_duration - now
+            fields["expires_in_seconds"] = round(left, 3)
+            valid = left > 0
+    fields.update(valid=valid, state="held" if valid else "expired")
+    return fields
+
+
+def _status_lines(where: str, record: LeaseRecord | None, fields: dict[str, Any]) -> list[str]:
+    state = fields["state"]
+    if record is None:
+        return [where, "  holder:      nobody (no lease yet)",
+                "  lease:       absent: no replica has taken it yet"]
+    if state == "unreadable":
+        return [where, "  holder:      unreadable content (treated as held by nobody valid)",
+                "  lease:       unreadable: a replica takes it over one lease duration after "
+                "it saw it"]
+    lines = [where, f"  holder:      {fields['holder'] or 'nobody (released)'}",
+             f"  fencing token: {record.transitions}"]
+    ago = fields["renewed_seconds_ago"]
+    if ago is None:
+        lines.append("  renewed:     unknown (the record states no renew time)")
+    elif ago >= 0:
+        lines.append(f"  renewed:     {ago:.1f}s ago (by the writer's clock)")
     else:
-        holder = record.holder or "nobody (released)"
-    print(f"{where}\n  holder:      {holder}\n  transitions: {record.transitions}\n"
-          f"  renewed:     {time.time() - record.renew_time:.1f}s ago (by the writer's clock)")
-    return 0
+        lines.append(f"  renewed:     {-ago:.1f}s in the future (the writer's clock is ahead of "
+                     "this host's)")
+    left = fields["expires_in_seconds"]
+    skew = "by the writer's clock; clock skew shifts it"
+    if state == "released":
+        lines.append("  lease:       released: nobody leads; a replica may take it at once")
+    elif left is None:
+        lines.append("  lease:       not valid: the record states no lease duration or renew "
+                     "time, so its expiry cannot be judged")
+    elif state == "held":
+        lines.append(f"  lease:       valid for {left:.1f}s more ({skew})")
+    else:
+        lines.append(f"  lease:       expired {-left:.1f}s ago ({skew}): nobody leads until a "
+                     "replica takes it over")
+    return lines
+
+
+def run_status(args: argparse.Namespace) -> int:
+    """Print the lease's state; 0 if a valid holder exists, else 1.
+
+    :raises SingletonJobsError: the options are unusable or the lease could not be read.
+    """
+    store, lease, where = _status_store(args)
+    try:
+        snapshot = store.get(timeout=args.timeout)
+    except LeaseStoreError as exc:
+        raise LeaseStoreError(f"{exc}; {_READ_FIXES[args.backend]}") from exc
+    fields = lease_status(snapshot, time.time())
+    if args.json:
+        document = {"backend": args.backend, "lease": lease, "location": where, **fields}
+        print(json.dumps(document))
+    else:
+        print("\n".join(_status_lines(where, None if snapshot is None else snapshot[0],
+                                       fields)))
+    return 0 if fields["valid"] else 1
+
+
+#: What to check when a lease cannot be read, by backend.
+_READ_FIXES = {
+    "file": "check that this user can read the lease file",
+    "kubernetes": "check that the API server answers from here (--timeout SECONDS waits longer)",
+    "sql": "check --url and that the database answers from here (--timeout SECONDS waits "
+           "longer)",
+    "redis": "check --url and that the Redis server answers from here (--timeout SECONDS waits "
+             "longer)",
+}
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        _check_lease_arguments(args)
         if args.command == "demo":
             return run_demo(args)
         return run_status(args)
     except SingletonJobsError as exc:
-        print(f"singleton-jobs: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"singleton-jobs: {type(exc).__name__}: {_one_line(str(exc))}", file=sys.stderr)
         return 2
     except ImportError as exc:  # an optional dependency; the message names the extra
-        print(f"singleton-jobs: {exc}", file=sys.stderr)
+        print(f"singleton-jobs: {_one_line(str(exc))}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl+C while status waits for a slow server
+        return 130
