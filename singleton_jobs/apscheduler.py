@@ -64,6 +64,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 from .election import Elector
 from .errors import ConfigurationError
+from .observability import GuardCounts
 
 logger = logging.getLogger(__name__)
 
@@ -291,6 +292,8 @@ class LeaderOnlyJobStore(BaseJobStore):  # type: ignore[misc]
         # job store lock.
         self._claims: dict[str, _Claim] = {}
         self._removals: list[_Claim] = []
+        # Due runs by job id and outcome, for the metrics (see observability).
+        self.runs: dict[str, GuardCounts] = {}
 
     def __repr__(self) -> str:
         kind = "shared" if self.shared else "per-replica"
@@ -318,11 +321,13 @@ class LeaderOnlyJobStore(BaseJobStore):  # type: ignore[misc]
         if scheduler is None:
             return
         if leading:
-            logger.info("%s: leading job store %r; waking the scheduler", identity, self._alias)
+            logger.info("%s: leading job store %r; waking the scheduler", identity, self._alias,
+                        extra=self.elector.log_fields())
             code = EVENT_LEADERSHIP_GAINED
         else:
             logger.info("%s: no longer leading job store %r; its jobs stop here (a run already "
-                        "executing finishes)", identity, self._alias)
+                        "executing finishes)", identity, self._alias,
+                        extra=self.elector.log_fields())
             code = EVENT_LEADERSHIP_LOST
         scheduler._dispatch_event(LeadershipEvent(code, self._alias, identity,
                                                   self.elector.fencing_token))
@@ -336,6 +341,7 @@ class LeaderOnlyJobStore(BaseJobStore):  # type: ignore[misc]
             due = self.jobstore.get_due_jobs(now)
             # Checked after the read, not before: leadership may end while it runs.
             if self.elector.is_leader:
+                self._count(due, "run")
                 return due  # type: ignore[no-any-return]
             self._skip(due, now)
             return []
@@ -344,7 +350,17 @@ class LeaderOnlyJobStore(BaseJobStore):  # type: ignore[misc]
         if term is None:
             return []
         due = self.jobstore.get_due_jobs(now)  # may be slow: the term may end meanwhile
-        return self._claim(due, now, term)
+        claimed = self._claim(due, now, term)
+        self._count(claimed, "run")
+        return claimed
+
+    def _count(self, jobs: list[Any], outcome: str) -> None:
+        for job in jobs:
+            counts = self.runs.get(job.id)
+            if counts is None:
+                counts = self.runs[job.id] = GuardCounts(
+                    "job", (self._alias or "?", job.id), ("run", "skipped", "not_claimed"))
+            next(counts.tallies[outcome].counter)
 
     def get_next_run_time(self) -> datetime | None:
         if self.shared:
@@ -398,7 +414,8 @@ class LeaderOnlyJobStore(BaseJobStore):  # type: ignore[misc]
             if self._term() != term:
                 logger.warning("%s: leadership ended while reading job store %r; its due runs "
                                "(%s first) are left to the next leader", identity, self._alias,
-                               job.id)
+                               job.id, extra=self.elector.log_fields())
+                self._count(due, "not_claimed")
                 return []
             job.next_run_time = following
             try:
@@ -407,19 +424,22 @@ class LeaderOnlyJobStore(BaseJobStore):  # type: ignore[misc]
                 claimed = False  # removed by another replica in the meantime
             except Exception as exc:  # noqa: BLE001 - unknown outcome: do not run it
                 logger.warning("%s: could not claim job %r (scheduled at %s), not running it: "
-                               "%s: %s", identity, job.id, scheduled, type(exc).__name__, exc)
+                               "%s: %s", identity, job.id, scheduled, type(exc).__name__, exc,
+                               extra=self.elector.log_fields())
                 claimed = False
             finally:
                 job.next_run_time = scheduled
             if self._term() != term:
                 logger.warning("%s: leadership ended while claiming job %r (scheduled at %s) "
                                "in job store %r: not running it (at most once)", identity,
-                               job.id, scheduled, self._alias)
+                               job.id, scheduled, self._alias, extra=self.elector.log_fields())
+                self._count(due, "not_claimed")
                 return []
             if not claimed:
                 logger.info("%s: job %r changed in job store %r since it was read; not "
                             "running the run scheduled at %s", identity, job.id, self._alias,
-                            scheduled)
+                            scheduled, extra=self.elector.log_fields())
+                self._count([job], "not_claimed")
                 continue
             claims.append(_Claim(job, following, term))
         self._claims = {claim.job.id: claim for claim in claims}
@@ -452,12 +472,12 @@ class LeaderOnlyJobStore(BaseJobStore):  # type: ignore[misc]
             except Exception as exc:  # noqa: BLE001 - the job stays paused; nothing runs twice
                 logger.warning("%s: could not remove finished job %r from job store %r: %s: %s",
                                self.elector.identity, job_id, self._alias,
-                               type(exc).__name__, exc)
+                               type(exc).__name__, exc, extra=self.elector.log_fields())
                 continue
             if not removed:
                 logger.info("%s: finished job %r changed in job store %r after its last run "
                             "was claimed; left in place", self.elector.identity, job_id,
-                            self._alias)
+                            self._alias, extra=self.elector.log_fields())
 
     def _skip(self, due: list[Any], now: datetime) -> None:
         """On a follower with a per-replica store: move the schedule on without running."""
@@ -467,7 +487,8 @@ class LeaderOnlyJobStore(BaseJobStore):  # type: ignore[misc]
             if not run_times:
                 continue
             logger.info("%s: skipped job %r (scheduled at %s): not the leader", identity,
-                        job.id, run_times[-1])
+                        job.id, run_times[-1], extra=self.elector.log_fields())
+            self._count([job], "skipped")
             following = job.trigger.get_next_fire_time(run_times[-1], now)
             if following is None:
                 self.jobstore.remove_job(job.id)

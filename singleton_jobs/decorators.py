@@ -64,7 +64,9 @@ def leader_only(
     ``on_skip()`` if given, and logs at DEBUG; with ``raise_on_skip=True`` it raises
     :class:`NotLeaderError` instead. ``async def`` functions stay coroutine functions. The check
     reads the elector's memory only: no I/O, no lock. The elector is exposed as
-    ``wrapper.elector`` (None when the default is looked up per call).
+    ``wrapper.elector`` (None when the default is looked up per call), the counts of calls
+    that ran and were skipped as ``wrapper.calls["run"]`` and ``wrapper.calls["skipped"]``
+    (exported as metrics by :func:`singleton_jobs.observability.register_metrics`).
 
     :raises NotLeaderError: on a skipped call with ``raise_on_skip=True``.
     :raises ConfigurationError: a bare ``@leader_only`` function was called before
@@ -85,6 +87,8 @@ def _decorate(func: Callable[..., Any], elector: Elector | None, default: Any,
               on_skip: Callable[[], Any] | None, raise_on_skip: bool) -> Callable[..., Any]:
     import inspect  # deferred: costs milliseconds at import, nothing per call
 
+    from .observability import GuardCounts
+
     name = getattr(func, "__qualname__", repr(func))
     if inspect.isgeneratorfunction(func) or inspect.isasyncgenfunction(func):
         # A generator's body runs when it is iterated, long after the call that was checked.
@@ -93,6 +97,9 @@ def _decorate(func: Callable[..., Any], elector: Elector | None, default: Any,
             "generator is iterated, after the leadership check. Guard the function that "
             "consumes it, or check elector.is_leader inside the loop")
     warned = False
+    calls = GuardCounts("function", (f"{getattr(func, '__module__', None) or '?'}.{name}",))
+    # Bound once: counting a call is one C call, no attribute lookup, no lock.
+    ran, skipped = calls.tallies["run"].counter, calls.tallies["skipped"].counter
 
     def skip(chosen: Elector) -> Any:
         nonlocal warned
@@ -103,8 +110,12 @@ def _decorate(func: Callable[..., Any], elector: Elector | None, default: Any,
                 "%s: skipped %s: its elector %s, so it will never run here; %s", chosen.identity,
                 name, "was inherited through fork()" if inherited else "is not running",
                 "create and start an elector in this process after the fork" if inherited
-                else "call elector.start() (or use it as a context manager) at start-up")
-        logger.debug("%s: skipped %s: not the leader", chosen.identity, name)
+                else "call elector.start() (or use it as a context manager) at start-up",
+                extra=chosen.log_fields())
+        next(skipped)
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("%s: skipped %s: not the leader", chosen.identity, name,
+                         extra=chosen.log_fields())
         if raise_on_skip:
             raise NotLeaderError(f"{chosen.identity} is not the leader; {name} did not run")
         if on_skip is not None:
@@ -118,10 +129,12 @@ def _decorate(func: Callable[..., Any], elector: Elector | None, default: Any,
             if chosen is None:
                 raise _no_default()
             if chosen.is_leader:
+                next(ran)
                 return await func(*args, **kwargs)
             return skip(chosen)
 
         async_wrapper.elector = elector  # type: ignore[attr-defined]
+        async_wrapper.calls = calls  # type: ignore[attr-defined]
         return async_wrapper
 
     @functools.wraps(func)
@@ -130,9 +143,11 @@ def _decorate(func: Callable[..., Any], elector: Elector | None, default: Any,
         if chosen is None:
             raise _no_default()
         if chosen.is_leader:
+            next(ran)
             return func(*args, **kwargs)
         return skip(chosen)
 
     wrapper.elector = elector  # type: ignore[attr-defined]
+    wrapper.calls = calls  # type: ignore[attr-defined]
     return wrapper
 

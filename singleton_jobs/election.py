@@ -52,6 +52,9 @@ MAX_LEASE_DURATION = 86400.0
 #: A replica whose ``on_started_leading`` raised sits out this many lease durations before it
 #: campaigns again, doubling on each further failure up to ``SIT_OUT_MAX`` lease durations.
 SIT_OUT_MAX = 16
+#: Upper bounds (seconds) of the renew latency histogram's buckets (Prometheus' defaults).
+RENEW_SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0,
+                         7.5, 10.0, math.inf)
 
 
 def _suspend_aware_clock() -> Callable[[], float]:
@@ -81,6 +84,23 @@ _electors: weakref.WeakSet[Elector] = weakref.WeakSet()
 def _disarm_inherited_electors() -> None:
     for elector in list(_electors):
         elector._after_fork_in_child()
+
+
+def check_liveness_timeout(liveness_timeout: float | None) -> None:
+    """``liveness_timeout`` is None (no application watchdog) or a positive number of seconds.
+
+    :raises ConfigurationError: any other value.
+    """
+    if liveness_timeout is None:
+        return
+    if isinstance(liveness_timeout, bool) or not isinstance(liveness_timeout, (int, float)):
+        raise ConfigurationError(f"liveness_timeout must be a number of seconds or None, not "
+                                 f"{liveness_timeout!r}")
+    if not math.isfinite(liveness_timeout) or not 0 < liveness_timeout <= MAX_LEASE_DURATION:
+        raise ConfigurationError(
+            f"liveness_timeout ({liveness_timeout}) must be a positive number of seconds, at "
+            f"most {MAX_LEASE_DURATION:g}: how long the application may go without calling "
+            "elector.heartbeat() before this replica stops leading (None turns the watchdog off)")
 
 
 def check_timing(lease_duration: float, renew_deadline: float, retry_period: float) -> None:
@@ -131,6 +151,12 @@ class Elector:
     a healthy replica can lead) and sits out at least one lease duration before it campaigns
     again, longer if it keeps failing.
 
+    With ``liveness_timeout`` the application proves it is alive by calling :meth:`heartbeat`
+    at least that often (from its main loop or job loop): when heartbeats stop, this replica
+    logs an ERROR, steps down and releases the lease so another replica leads within about one
+    retry period, and follows until heartbeats resume. Without it, a replica whose application
+    is stuck keeps leading as long as its election thread renews.
+
     An elector belongs to the process that started it. A copy inherited through ``fork()``
     (pre-fork servers, process pools) never leads and never writes the parent's lease; starting
     it raises :class:`SingletonJobsError`. An elector created but not yet started before a fork
@@ -154,8 +180,10 @@ class Elector:
         on_started_leading: Callable[[], Any] | None = None,
         on_stopped_leading: Callable[[], Any] | None = None,
         on_new_leader: Callable[[str], Any] | None = None,
+        liveness_timeout: float | None = None,
     ) -> None:
         check_timing(lease_duration, renew_deadline, retry_period)
+        check_liveness_timeout(liveness_timeout)
         store.check_lease_duration(lease_duration)
         self.store = store
         self._identity_given = identity is not None
@@ -167,6 +195,7 @@ class Elector:
         self.on_started_leading = on_started_leading
         self.on_stopped_leading = on_stopped_leading
         self.on_new_leader = on_new_leader
+        self.liveness_timeout = None if liveness_timeout is None else float(liveness_timeout)
 
         # is_leader reads only this float (and the pid): monotonic time until which leading is
         # safe, and the process that started this elector.
@@ -187,6 +216,19 @@ class Elector:
         self._highest_transitions = -1
         self._write_started = -math.inf            # when the last store write was sent
         self._duplicate_reported = False
+        # The application watchdog: when heartbeat() was last called, and whether this replica
+        # stays out of the election because it was not called for liveness_timeout.
+        self._heartbeat_at = -math.inf
+        self._liveness_lost = False
+        # What the metrics report. Only the election thread writes them (step-downs also under
+        # _changed), so plain integers suffice; a scrape may read them at any time.
+        self._renewed_at = -math.inf                # start of the last successful write
+        self._renew_attempts = 0
+        self._renew_failures: dict[str, int] = {}   # by reason
+        self._renew_buckets = [0] * len(RENEW_SECONDS_BUCKETS)
+        self._renew_seconds = 0.0
+        self._leader_changes = 0                    # changes of holder this replica saw
+        self._step_downs: dict[str, int] = {}       # by reason
 
         self._changed = threading.Condition()       # notified on every leadership change
         self._leading = False                       # the loop's view; guarded by _changed
@@ -243,6 +285,71 @@ class Elector:
     def running(self) -> bool:
         """True between start() and stop() in the process that started this elector."""
         return self._running and self._owner_pid == os.getpid()
+
+    @property
+    def healthy(self) -> bool:
+        """False when this replica is stuck: see :attr:`health_problem`. For liveness probes."""
+        return self.health_problem is None
+
+    @property
+    def health_problem(self) -> str | None:
+        """Why this replica is unhealthy, or None. Memory only; for liveness probes.
+
+        Unhealthy means a restart would help: the election thread believes it leads but has not
+        renewed for longer than ``lease_duration`` plus a tolerance (client-go's
+        ``HealthzAdaptor`` rule; the tolerance, three renew deadlines, covers the slowest
+        attempt whose store calls are all bounded), the election thread died, or the
+        application stopped calling :meth:`heartbeat` for ``liveness_timeout``. A healthy
+        follower, and an elector that is not running, are healthy.
+        """
+        if not self.running:
+            return None
+        now = self._monotonic()
+        thread = self._thread
+        if thread is not None and not thread.is_alive() and not self._stopping.is_set():
+            return f"{self.identity}: the election thread of lease {self.store.name} exited"
+        tolerance = 3 * self.renew_deadline
+        if self._leading and now - self._renewed_at > self.lease_duration + tolerance:
+            return (f"{self.identity}: the election thread believes it leads lease "
+                    f"{self.store.name} but has not renewed it for {now - self._renewed_at:.1f}s "
+                    f"(lease_duration {self.lease_duration:g}s + tolerance {tolerance:g}s): it "
+                    "is stuck")
+        overdue = self._heartbeat_overdue(now)
+        if overdue is not None:
+            return (f"{self.identity}: no heartbeat() for {overdue:.1f}s, past liveness_timeout "
+                    f"({self.liveness_timeout:g}s): the application looks stuck")
+        return None
+
+    def heartbeat(self) -> None:
+        """Tell the elector that the application is alive (see ``liveness_timeout``).
+
+        Call it from the loop whose progress matters (the main loop, the job loop) at least
+        once per ``liveness_timeout``. Memory only; cheap enough to call on every iteration.
+        """
+        self._heartbeat_at = self._monotonic()
+        if self._liveness_lost:
+            self._wake.set()  # campaign again now, not a retry period later
+
+    def _heartbeat_overdue(self, now: float) -> float | None:
+        """Seconds since the last heartbeat() if that is longer than liveness_timeout."""
+        timeout = self.liveness_timeout
+        if timeout is None:
+            return None
+        silence = now - self._heartbeat_at
+        return silence if silence > timeout else None
+
+    def log_fields(self) -> dict[str, Any]:
+        """What every log line of this elector carries as ``extra`` fields: ``lease`` (the
+        lease's name), ``identity`` and ``fencing_token`` (the lease's transition counter as
+        this replica last saw it; None before its first read). JSON log formatters pick
+        them up."""
+        snapshot = self._snapshot
+        return {"lease": self.store.name, "identity": self.identity,
+                "fencing_token": snapshot[0].transitions if snapshot is not None else None}
+
+    def _log(self, level: int, message: str, *args: Any, exc_info: bool = False) -> None:
+        if logger.isEnabledFor(level):
+            logger.log(level, message, *args, exc_info=exc_info, extra=self.log_fields())
 
     def add_leadership_listener(self, listener: Callable[[bool], Any]) -> None:
         """Call ``listener(True)`` whenever this replica starts leading, ``listener(False)``
@@ -316,6 +423,8 @@ class Elector:
             self._wake.clear()
             self._abdicate.clear()
             self._duplicate_reported = False
+            self._heartbeat_at = self._monotonic()  # the application's first period starts now
+            self._liveness_lost = False
             # A fresh queue per run: an end marker left by an earlier stop() cannot end it.
             callbacks: queue.SimpleQueue[_Callback | None]
             callbacks = self._callbacks = queue.SimpleQueue()
@@ -337,7 +446,7 @@ class Elector:
 
             Finalize(None, self.stop, exitpriority=10)
             self._exit_hook_pid = os.getpid()
-        logger.info("%s: campaigning for lease %s", self.identity, self.store.name)
+        self._log(logging.INFO, "%s: campaigning for lease %s", self.identity, self.store.name)
         return self
 
     def stop(self, release: bool = True) -> None:
@@ -368,9 +477,10 @@ class Elector:
         if thread is not None and thread is not threading.current_thread():
             thread.join(self._stop_budget())
             if thread.is_alive():
-                logger.warning("%s: election thread still busy after stop(); it will exit when "
-                               "its store call returns", self.identity)
-        self._step_down("elector stopped", logging.INFO)  # no-op if the loop already did
+                self._log(logging.WARNING, "%s: election thread still busy after stop(); it "
+                          "will exit when its store call returns", self.identity)
+        # A no-op if the loop already did it:
+        self._step_down("elector stopped", "stopped", logging.INFO)
         callbacks.put(None)
         if callback_thread is not None and callback_thread is not threading.current_thread():
             callback_thread.join(self.lease_duration)
@@ -438,16 +548,17 @@ class Elector:
             try:
                 unwatch = self.store.watch(self._store_released)
             except Exception as exc:  # noqa: BLE001 - polling still works without it
-                logger.warning("%s: no release notifications from %s (%s); polling only",
-                               self.identity, self.store.name, exc)
+                self._log(logging.WARNING, "%s: no release notifications from %s (%s); "
+                          "polling only", self.identity, self.store.name, exc)
             while not self._stopping.is_set():
                 if self._campaign():
                     self._lead()
         except BaseException:  # pragma: no cover - a bug; never leave a silent dead leader
-            logger.exception("%s: election thread crashed; no longer leading", self.identity)
-            self._step_down("election thread crashed")
+            self._log(logging.ERROR, "%s: election thread crashed; no longer leading",
+                      self.identity, exc_info=True)
+            self._step_down("election thread crashed", "crashed")
         finally:
-            self._step_down("elector stopped", logging.INFO)
+            self._step_down("elector stopped", "stopped", logging.INFO)
             if self._release_on_stop:
                 self._release()
             if unwatch is not None:
@@ -461,6 +572,10 @@ class Elector:
     def _campaign(self) -> bool:
         """Try to acquire until it works (True) or the elector stops (False)."""
         while not self._stopping.is_set():
+            if self._application_stuck():
+                self._watch_only()
+                self._sleep(self.retry_period)
+                continue
             outcome = self._try_acquire_or_renew()
             if outcome is _LEADING:
                 if self._become_leader(self._write_started):
@@ -484,37 +599,85 @@ class Elector:
                 return  # _run steps down and releases; guards already see is_leader False
             if self._abdicate.is_set():
                 self._abdicate.clear()
-                self._step_down("on_started_leading raised")
+                self._step_down("on_started_leading raised", "start_failed")
                 self._release()
                 self._sit_out()
+                return
+            if self._application_stuck():
+                self._release()  # _application_stuck stepped down: hand over at once
                 return
             last_attempt = self._monotonic()
             # Each attempt may take the whole renew deadline, even past _leading_until: guards
             # already see is_leader False then, and a slow API server still gets through.
             outcome = self._try_acquire_or_renew()
+            self._count_renew(outcome, self._monotonic() - last_attempt)
             if outcome is _LEADING:
                 with self._changed:  # stop() may have ended leadership while we renewed
                     if not self._stopping.is_set() and self._leading:
+                        self._renewed_at = self._write_started
                         self._leading_until = max(self._leading_until,
                                                   self._write_started + self.renew_deadline)
             elif outcome is _HELD:
                 holder = self._snapshot[0].holder if self._snapshot else "?"
-                self._step_down(f"lease taken by {holder}")
+                self._step_down(f"lease taken by {holder}", "taken")
                 return
             elif outcome is _DELETED:
-                self._step_down("lease deleted")
+                self._step_down("lease deleted", "deleted")
                 return
             elif self._monotonic() >= self._leading_until:
-                self._step_down(self._missed_deadline())
+                self._step_down(self._missed_deadline(), "deadline")
                 return
+
+    def _application_stuck(self) -> bool:
+        """The application watchdog, checked before every attempt: True while heartbeats are
+        overdue. Going stuck steps down (the caller releases); recovering is logged."""
+        overdue = self._heartbeat_overdue(self._monotonic())
+        if overdue is None:
+            if self._liveness_lost:
+                self._liveness_lost = False
+                self._log(logging.WARNING, "%s: heartbeats resumed; campaigning for lease %s "
+                          "again", self.identity, self.store.name)
+            return False
+        if not self._liveness_lost:
+            self._liveness_lost = True
+            leading = self._leading
+            self._log(logging.ERROR, "%s: no heartbeat() for %.3gs, past liveness_timeout "
+                      "(%gs): the application looks stuck; %s lease %s until heartbeats resume",
+                      self.identity, overdue, self.liveness_timeout,
+                      "stepping down and releasing" if leading else "not campaigning for",
+                      self.store.name)
+            self._step_down(f"liveness_timeout ({self.liveness_timeout:g}s) passed without a "
+                            "heartbeat()", "liveness", logging.ERROR)
+        return True
+
+    def _watch_only(self) -> None:
+        """Read the lease without competing for it, so that ``leader`` stays current."""
+        try:
+            snapshot = self.store.get(timeout=self._call_timeout())
+        except Exception:  # noqa: BLE001 - only informational; the next read may work
+            return
+        if snapshot is not None:
+            self._observe(*snapshot)
+
+    def _count_renew(self, outcome: str, seconds: float) -> None:
+        """Record one renew attempt for the metrics (election thread only)."""
+        self._renew_attempts += 1
+        self._renew_seconds += seconds
+        for index, bound in enumerate(RENEW_SECONDS_BUCKETS):  # pragma: no branch - inf ends it
+            if seconds <= bound:
+                self._renew_buckets[index] += 1
+                break
+        if outcome is not _LEADING:
+            reason = "taken" if outcome is _HELD else outcome  # held by another replica
+            self._renew_failures[reason] = self._renew_failures.get(reason, 0) + 1
 
     def _sit_out(self) -> None:
         """After on_started_leading raised: let a healthy replica lead before trying again."""
         failures = max(self._start_failures, 1)
         seconds = self.lease_duration * min(2 ** (failures - 1), SIT_OUT_MAX)
-        logger.warning("%s: on_started_leading raised (%d time(s) in a row); not campaigning "
-                       "for %.3gs so that another replica can lead", self.identity, failures,
-                       seconds)
+        self._log(logging.WARNING, "%s: on_started_leading raised (%d time(s) in a row); not "
+                  "campaigning for %.3gs so that another replica can lead", self.identity,
+                  failures, seconds)
         deadline = self._monotonic() + seconds
         while not self._stopping.is_set() and self._monotonic() < deadline:
             self._sleep(deadline - self._monotonic())
@@ -607,8 +770,8 @@ class Elector:
         except Exception as exc:  # noqa: BLE001 - any store failure is a failed attempt
             message = f"{type(exc).__name__}: {exc}"
             level = logging.WARNING if message != self._last_error else logging.DEBUG
-            logger.log(level, "%s: lease %s unavailable: %s", self.identity, self.store.name,
-                       message)
+            self._log(level, "%s: lease %s unavailable: %s", self.identity, self.store.name,
+                      message)
             self._last_error = message
             return _ERROR
         self._last_error = ""
@@ -632,9 +795,9 @@ class Elector:
             # First sight of the absence, or the floor moved since: a lease was created (and
             # perhaps deleted again) meanwhile, so its holder may lead now: wait again.
             if self._absent_since is None and (self._snapshot is not None or leading):
-                logger.warning("%s: lease %s vanished (deleted by hand?)%s; a new leader is "
-                               "elected one lease duration from now", self.identity,
-                               self.store.name, ": stepping down" if leading else "")
+                self._log(logging.WARNING, "%s: lease %s vanished (deleted by hand?)%s; a new "
+                          "leader is elected one lease duration from now", self.identity,
+                          self.store.name, ": stepping down" if leading else "")
             self._absent_since = self._monotonic()
             self._absent_floor = floor
         if leading:
@@ -680,7 +843,9 @@ class Elector:
             self._report_same_identity(changed=same_term and not was_absent)
         new_holder = record.holder if record.readable else ""
         if new_holder and (previous is None or not same_term):
-            logger.info("%s: new leader of %s is %s", self.identity, self.store.name, new_holder)
+            self._leader_changes += 1
+            self._log(logging.INFO, "%s: new leader of %s is %s", self.identity, self.store.name,
+                      new_holder)
             self._notify("on_new_leader", self.on_new_leader, new_holder)
 
     def _report_same_identity(self, changed: bool) -> None:
@@ -689,28 +854,29 @@ class Elector:
             # It is being renewed under our name by someone else: a duplicate identity.
             if not self._duplicate_reported:
                 self._duplicate_reported = True
-                logger.error("%s: another process is holding lease %s under the same identity "
-                             "%r; this replica waits and never leads with it. Identities must "
-                             "be unique per process: leave identity unset (the default is "
-                             "unique) or give each process its own", self.identity,
-                             self.store.name, self.identity)
+                self._log(logging.ERROR, "%s: another process is holding lease %s under the "
+                          "same identity %r; this replica waits and never leads with it. "
+                          "Identities must be unique per process: leave identity unset (the "
+                          "default is unique) or give each process its own", self.identity,
+                          self.store.name, self.identity)
         else:
-            logger.warning("%s: lease %s names this replica's identity but was not written by "
-                           "this elector (an earlier run of this process, or another process "
-                           "with the same identity): waiting for it to expire", self.identity,
-                           self.store.name)
+            self._log(logging.WARNING, "%s: lease %s names this replica's identity but was not "
+                      "written by this elector (an earlier run of this process, or another "
+                      "process with the same identity): waiting for it to expire", self.identity,
+                      self.store.name)
 
     def _become_leader(self, started: float) -> bool:
         with self._changed:
             if self._stopping.is_set():
                 return False
             self._leading_until = started + self.renew_deadline
+            self._renewed_at = started
             self._leading = True
             self._terms_led += 1
             self._abdicate.clear()  # a late failure of an earlier term must not end this one
             self._changed.notify_all()
-        logger.info("%s: became leader of %s (fencing token %s)", self.identity,
-                    self.store.name, self._term.transitions if self._term else "?")
+        self._log(logging.INFO, "%s: became leader of %s (fencing token %s)", self.identity,
+                  self.store.name, self._term.transitions if self._term else "?")
         if self.on_started_leading is not None:
             self._callbacks.put(("on_started_leading", self.on_started_leading, (),
                                  self._terms_led))
@@ -718,14 +884,17 @@ class Elector:
             self._notify("leadership listener", listener, True)
         return True
 
-    def _step_down(self, reason: str, level: int = logging.WARNING) -> None:
+    def _step_down(self, reason: str, kind: str, level: int = logging.WARNING) -> None:
+        """Stop leading; ``kind`` names the reason in the step-down metric."""
         with self._changed:
             was_leading = self._leading
             self._leading_until = -math.inf
             self._leading = False
+            if was_leading:
+                self._step_downs[kind] = self._step_downs.get(kind, 0) + 1
             self._changed.notify_all()
         if was_leading:
-            logger.log(level, "%s: stopped leading %s: %s", self.identity, self.store.name, reason)
+            self._log(level, "%s: stopped leading %s: %s", self.identity, self.store.name, reason)
             self._notify("on_stopped_leading", self.on_stopped_leading)
             for listener in self._listeners:
                 self._notify("leadership listener", listener, False)
@@ -733,7 +902,7 @@ class Elector:
     def _release(self) -> None:
         """Give the lease up if the store still holds our term, so a follower takes over at once."""
         if self._leading:
-            self._step_down("elector stopped", logging.INFO)
+            self._step_down("elector stopped", "stopped", logging.INFO)
         snapshot = self._snapshot
         if snapshot is None or self._absent_since is not None or not self._is_ours(snapshot[0]):
             return
@@ -749,12 +918,12 @@ class Elector:
                     return
                 version = self.store.update(released, fresh[1], timeout=left())
         except Exception as exc:  # noqa: BLE001 - release is best effort; the lease expires
-            logger.warning("%s: could not release %s (it will expire instead): %s",
-                           self.identity, self.store.name, exc)
+            self._log(logging.WARNING, "%s: could not release %s (it will expire instead): %s",
+                      self.identity, self.store.name, exc)
             return
         if version is not None:
             self._observe(released, version)
-            logger.info("%s: released %s", self.identity, self.store.name)
+            self._log(logging.INFO, "%s: released %s", self.identity, self.store.name)
 
     # -- callbacks ----------------------------------------------------------------------------
 
@@ -771,7 +940,7 @@ class Elector:
             try:
                 callback(*args)
             except Exception:
-                logger.exception("%s: %s raised", self.identity, name)
+                self._log(logging.ERROR, "%s: %s raised", self.identity, name, exc_info=True)
                 if name == "on_started_leading" and self._leading and term == self._terms_led:
                     # The replica failed to take up its duties: let another one lead.
                     self._start_failures += 1

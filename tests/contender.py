@@ -11,14 +11,21 @@ State changes are printed as ``LEADER <token> <t>`` / ``FOLLOWER <t>``; SIGTERM 
 elector with a release and exits. SIGUSR1 makes the replica fork ``--fork-children`` children
 that call the same guarded job in a loop for ``--child-runs-for`` seconds, try to start the
 inherited elector, stop it, and exit with ``sys.exit`` (so inherited ``atexit`` hooks run).
+
+With ``--metrics-port`` it serves ``/metrics`` and ``/healthz`` (port 0: any free port; printed
+as ``METRICS <port>``). With ``--liveness-timeout`` the main loop calls ``elector.heartbeat()``
+on every iteration, and SIGUSR2 deadlocks the main loop for good (printed as ``DEADLOCKED``).
+Log records of WARNING and above go to stderr.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import sys
+import threading
 import time
 from typing import Any
 
@@ -43,7 +50,10 @@ def main() -> int:
                                            "'default' leaves it to the library")
     parser.add_argument("--fork-children", type=int, default=4)
     parser.add_argument("--child-runs-for", type=float, default=1.0)
+    parser.add_argument("--metrics-port", type=int)
+    parser.add_argument("--liveness-timeout", type=float)
     args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="LOG %(levelname)s %(message)s")
 
     def say(text: str) -> None:
         sys.stdout.write(f"{text} {time.monotonic():.6f}\n")
@@ -55,7 +65,7 @@ def main() -> int:
         lease_duration=args.lease_duration, renew_deadline=args.renew_deadline,
         retry_period=args.retry_period,
         on_started_leading=lambda: say(f"LEADER {elector.fencing_token}"),
-        on_stopped_leading=lambda: say("FOLLOWER"))
+        on_stopped_leading=lambda: say("FOLLOWER"), liveness_timeout=args.liveness_timeout)
     elector: Elector
     if args.kubernetes_api:
         from kubernetes import client
@@ -87,10 +97,16 @@ def main() -> int:
     # Event.wait() it interrupted.
     terminated: list[int] = []
     fork_requests: list[int] = []
+    deadlock_requests: list[int] = []
+    signal.signal(signal.SIGUSR2, lambda signum, frame: deadlock_requests.append(signum))
     signal.signal(signal.SIGTERM, lambda signum, frame: terminated.append(signum))
     signal.signal(signal.SIGUSR1, lambda signum, frame: fork_requests.append(signum))
     elector.start()
     say(f"STARTED {elector.identity}")
+    if args.metrics_port is not None:
+        from singleton_jobs.observability import start_http_server
+
+        say(f"METRICS {start_http_server(args.metrics_port, addr='127.0.0.1').port}")
 
     def child() -> None:
         until = time.monotonic() + args.child_runs_for
@@ -108,7 +124,13 @@ def main() -> int:
 
     while not terminated:
         time.sleep(args.job_every)
+        elector.heartbeat()
         job()
+        if deadlock_requests:
+            say("DEADLOCKED")
+            lock = threading.Lock()
+            lock.acquire()
+            lock.acquire()  # never returns: the main loop is stuck, the elector's threads run
         if fork_requests:
             fork_requests.clear()
             children = []

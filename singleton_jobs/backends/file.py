@@ -473,11 +473,13 @@ class FileElector(Elector):
         on_started_leading: Callable[[], Any] | None = None,
         on_stopped_leading: Callable[[], Any] | None = None,
         on_new_leader: Callable[[str], Any] | None = None,
+        liveness_timeout: float | None = None,
     ) -> None:
         super().__init__(FileLeaseStore(path, name=name, mode=mode), identity=identity,
                          lease_duration=lease_duration, renew_deadline=renew_deadline,
                          retry_period=retry_period, on_started_leading=on_started_leading,
-                         on_stopped_leading=on_stopped_leading, on_new_leader=on_new_leader)
+                         on_stopped_leading=on_stopped_leading, on_new_leader=on_new_leader,
+                         liveness_timeout=liveness_timeout)
 
     @property
     def path(self) -> str:

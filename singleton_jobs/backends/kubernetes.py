@@ -710,12 +710,14 @@ class KubernetesElector(Elector):
         on_started_leading: Callable[[], Any] | None = None,
         on_stopped_leading: Callable[[], Any] | None = None,
         on_new_leader: Callable[[str], Any] | None = None,
+        liveness_timeout: float | None = None,
     ) -> None:
         super().__init__(KubernetesLeaseStore(name, namespace=namespace, api_client=api_client),
                          identity=identity, lease_duration=lease_duration,
                          renew_deadline=renew_deadline, retry_period=retry_period,
                          on_started_leading=on_started_leading,
-                         on_stopped_leading=on_stopped_leading, on_new_leader=on_new_leader)
+                         on_stopped_leading=on_stopped_leading, on_new_leader=on_new_leader,
+                         liveness_timeout=liveness_timeout)
 
     @property
     def lease_name(self) -> str:
