@@ -88,6 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help="how often the leader-only job is scheduled (default: 5)")
     demo.add_argument("--heartbeat", type=_seconds, default=1.0, metavar="SECONDS",
                       help="time between status lines (default: 1)")
+    demo.add_argument("--liveness-timeout", type=_seconds, metavar="SECONDS",
+                      help="step down if the main loop (which prints the status lines) stops "
+                           "for this long (default: no watchdog)")
+    demo.add_argument("--metrics-port", type=int, metavar="PORT",
+                      help="serve /metrics (Prometheus) and /healthz on this port")
 
     status = commands.add_parser(
         "status", help="print who holds a lease (the demo's by default)",
@@ -185,7 +190,7 @@ def run_demo(args: argparse.Namespace) -> int:
             log(f"[{node}] New leader elected: {identity}")
 
     timings = dict(lease_duration=args.lease_duration, renew_deadline=args.renew_deadline,
-                   retry_period=args.retry_period)
+                   retry_period=args.retry_period, liveness_timeout=args.liveness_timeout)
     elector: Elector
     callbacks: dict[str, Any] = dict(on_started_leading=started, on_stopped_leading=stopped,
                                      on_new_leader=new_leader)
@@ -220,9 +225,16 @@ def run_demo(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGHUP, on_signal)  # a closed terminal or tmux pane
 
+    server = None
+    if args.metrics_port is not None:
+        from .observability import start_http_server
+
+        server = start_http_server(args.metrics_port, elector)
     elector.start()
     log(f"✅ [{node}] Leader election started. Press Ctrl+C to stop")
     log(f"[{node}] {where}")
+    if server is not None:
+        log(f"[{node}] Serving /metrics and /healthz on port {server.port}")
     scheduler = _schedule(elector, warm_cache, args.job_interval)
     if scheduler is None:
         log(f"[{node}] APScheduler is not installed: the job runs from a plain timer "
@@ -230,6 +242,7 @@ def run_demo(args: argparse.Namespace) -> int:
     next_beat = next_job = time.monotonic()
     while not signals:
         now = time.monotonic()
+        elector.heartbeat()  # with --liveness-timeout: this loop proves the replica is alive
         if now >= next_beat:
             clock = time.strftime("%H:%M:%S")
             if elector.is_leader:
@@ -246,6 +259,8 @@ def run_demo(args: argparse.Namespace) -> int:
     if scheduler is not None:
         scheduler.shutdown(wait=False)
     elector.stop(release=True)
+    if server is not None:
+        server.close()
     log(f"👋 [{node}] Stopped")
     return 0
 

@@ -436,3 +436,30 @@ def test_version_option_prints_the_package_version() -> None:
     result = run_cli("--version")
     assert result.returncode == 0
     assert result.stdout == f"singleton-jobs {singleton_jobs.__version__}\n"
+
+
+def test_demo_serves_metrics_and_healthz_and_its_status_loop_feeds_the_watchdog(
+        spawn: Callable[..., Process], tmp_path: Path) -> None:
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    replica = spawn("-m", "singleton_jobs", "demo", "--lease-path", str(tmp_path / "m.lease"),
+                    "--identity", "node-m", *FAST_DEMO, "--metrics-port", "0",
+                    "--liveness-timeout", "1")
+    line = replica.wait_for_line(lambda text: "Serving /metrics and /healthz" in text, 20)
+    assert line is not None, replica.output()
+    base = f"http://127.0.0.1:{line.split()[-1]}"
+    assert replica.wait_for_line(lambda text: "BECAME LEADER" in text, 10), replica.output()
+    # Past its liveness_timeout it still leads: the status loop calls heartbeat().
+    time.sleep(1.5)
+    with urllib.request.urlopen(f"{base}/healthz", timeout=10) as response:
+        assert (response.status, response.read()) == (200, b"ok\n")
+    with urllib.request.urlopen(f"{base}/metrics", timeout=10) as response:
+        page = response.read().decode()
+    status = [sample.value for family in text_string_to_metric_families(page)
+              for sample in family.samples if sample.name == "leader_election_master_status"]
+    assert status == [1.0]
+    assert "LOST LEADERSHIP" not in replica.output()
+    replica.signal(signal.SIGINT)
+    assert replica.popen.wait(10) == 0

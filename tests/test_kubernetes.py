@@ -1010,4 +1010,17 @@ def test_example_manifests_grant_what_the_backend_uses_to_three_replicas() -> No
     assert container["args"][:3] == ["demo", "--backend", "kubernetes"]
     assert {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}} in \
         container["env"]
-    assert "ENTRYPOINT [\"singleton-jobs\"]" in (directory / "Dockerfile").read_text()
+    dockerfile = (directory / "Dockerfile").read_text()
+    assert "ENTRYPOINT [\"singleton-jobs\"]" in dockerfile and "metrics]" in dockerfile
+    # The liveness probe asks /healthz on the port the demo serves it on (the real parser reads
+    # the container's arguments), and that port is exposed for scraping /metrics.
+    from singleton_jobs.cli import build_parser
+
+    args = build_parser().parse_args(container["args"])
+    assert args.metrics_port is not None and args.liveness_timeout is not None
+    [port] = container["ports"]
+    assert port["containerPort"] == args.metrics_port
+    probe = container["livenessProbe"]["httpGet"]
+    assert probe["path"] == "/healthz" and probe["port"] in (port["name"], port["containerPort"])
+    annotations = objects["Deployment"]["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/port"] == str(args.metrics_port)
