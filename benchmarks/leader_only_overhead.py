@@ -9,6 +9,14 @@ For each case the bare function and its wrapped form are timed in alternation,
 of each is kept. Cases: ``@leader_only(elector)`` on the leader (the body runs) and on
 a follower (the call is skipped), and bare ``@leader_only`` with
 :func:`set_default_elector` pointing at either. Target: under 1000 ns added per call.
+
+Metrics: the guard counts every call (runs and skips, exported by
+``singleton_jobs.observability.register_metrics``). The ``metrics`` cases time the shipped
+guard, with its counts registered in a Prometheus registry and scraped between timings,
+against the same guard without counting (the previous release's wrapper, reproduced below).
+``is_leader`` reads two system clocks-and-pid calls whose cost varies by more than the counting
+costs, so these cases use electors whose ``is_leader`` is a constant: the difference is what
+counting adds, nothing else. Target: metrics add under 100 ns per call.
 """
 
 from __future__ import annotations
@@ -18,14 +26,57 @@ import timeit
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from singleton_jobs import Elector, MemoryLeaseStore, leader_only, set_default_elector
+from singleton_jobs import (
+    Elector,
+    MemoryLeaseStore,
+    get_default_elector,
+    leader_only,
+    set_default_elector,
+)
 
 TARGET_ADDED_NS = 1000.0
+TARGET_METRICS_NS = 100.0
 
 
 def job() -> int:
     """The guarded function: as cheap as possible so the guard's cost stands out."""
     return 1
+
+
+def uncounted(elector: Elector) -> Callable[[], object]:
+    """``@leader_only(elector)(job)`` as the previous release wrapped it: the same checks, the
+    same skip path (warning once if the elector is not running, a DEBUG line), no counting."""
+    import logging
+
+    logger = logging.getLogger("singleton_jobs.decorators")
+    default: object = None
+    on_skip: Callable[[], object] | None = None
+    raise_on_skip = False
+    warned = False
+
+    def skip(chosen: Elector) -> object:
+        nonlocal warned
+        if not warned and not chosen._running:
+            warned = True
+            logger.warning("%s: skipped job: its elector is not running", chosen.identity)
+        logger.debug("%s: skipped %s: not the leader", chosen.identity, "job")
+        if raise_on_skip:
+            raise RuntimeError("not the leader")
+        if on_skip is not None:
+            on_skip()
+        return default
+
+    func = job
+
+    def wrapper(*args: object, **kwargs: object) -> object:
+        chosen = elector or get_default_elector()
+        if chosen is None:
+            raise RuntimeError("no elector")
+        if chosen.is_leader:
+            return func(*args, **kwargs)
+        return skip(chosen)
+
+    return wrapper
 
 
 @dataclass
@@ -34,6 +85,8 @@ class Case:
     wrapped: Callable[[], object]
     default: Elector | None = None
     """What :func:`set_default_elector` is set to while this case is timed."""
+    baseline: Callable[[], object] = job
+    """What ``wrapped`` is compared with (the bare function unless said otherwise)."""
     bare_ns: float = float("inf")
     wrapped_ns: float = float("inf")
 
@@ -60,10 +113,41 @@ def measure(cases: Sequence[Case], repeat: int, number: int) -> None:
             bare_first = round_index % 2 == 0
             for timing_bare in (bare_first, not bare_first):
                 if timing_bare:
-                    case.bare_ns = min(case.bare_ns, per_call_ns(job, number))
+                    case.bare_ns = min(case.bare_ns, per_call_ns(case.baseline, number))
                 else:
                     wrapped_ns = per_call_ns(case.wrapped, number)
                     case.wrapped_ns = min(case.wrapped_ns, wrapped_ns)
+
+
+def measure_metrics(leader: Elector, follower: Elector, repeat: int,
+                    number: int) -> tuple[list[Case], str]:
+    """Time the counted guard with its counts exported against the uncounted one."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from singleton_jobs.observability import register_metrics
+
+    registry = CollectorRegistry()
+    register_metrics(registry)
+    leading, following = fixed_role(leader, True), fixed_role(follower, False)
+    cases = [Case("metrics, leader", leader_only(leading)(job), baseline=uncounted(leading)),
+             Case("metrics, follower", leader_only(following)(job),
+                  baseline=uncounted(following))]
+    for _ in range(repeat):
+        measure(cases, 1, number)
+        page = generate_latest(registry).decode()  # a scrape between timings
+    lines = [line for line in page.splitlines()
+             if line.startswith("singleton_jobs_guarded_calls_total")]
+    return cases, "; ".join(lines)
+
+
+def fixed_role(elector: Elector, leading: bool) -> Elector:
+    """A running elector whose ``is_leader`` is the constant ``leading`` (no clock, no pid)."""
+    class Fixed(type(elector)):  # type: ignore[misc]
+        is_leader = leading
+
+    fixed = object.__new__(Fixed)
+    fixed.__dict__.update(elector.__dict__)
+    return fixed
 
 
 def start_electors() -> tuple[Elector, Elector]:
@@ -76,6 +160,23 @@ def start_electors() -> tuple[Elector, Elector]:
         raise SystemExit("the first elector did not become leader within 5 s")
     follower = Elector(store, identity="bench-follower", **timings).start()
     return leader, follower
+
+
+def print_metrics_report(cases: Sequence[Case], scraped: str) -> None:
+    print()
+    print("Metrics (the shipped guard, counts registered and scraped, vs the same guard "
+          "without counting):")
+    header = f"{'case':<34} {'uncounted ns':>13} {'counted ns':>11} {'added ns':>9}"
+    print(header)
+    print("-" * len(header))
+    for case in cases:
+        print(f"{case.name:<34} {case.bare_ns:>13.1f} {case.wrapped_ns:>11.1f} "
+              f"{case.added_ns:>9.1f}")
+    worst = max(case.added_ns for case in cases)
+    verdict = "PASS" if worst < TARGET_METRICS_NS else "FAIL"
+    print(f"  metrics add at most {worst:.0f} ns per call; target < {TARGET_METRICS_NS:.0f} ns: "
+          f"{verdict}")
+    print(f"  last scrape: {scraped}")
 
 
 def print_report(cases: Sequence[Case], repeat: int, number: int) -> None:
@@ -122,6 +223,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                  default=follower),
         ]
         measure(cases, args.repeat, args.number)
+        metrics_cases, scraped = measure_metrics(leader, follower, args.repeat, args.number)
         roles_held = leader.is_leader and not follower.is_leader
     finally:
         set_default_elector(None)
@@ -132,6 +234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("WARNING: roles changed during the run; figures may mix the leader "
               "and follower paths")
     print_report(cases, args.repeat, args.number)
+    print_metrics_report(metrics_cases, scraped)
     return 0
 
 
