@@ -402,7 +402,7 @@ class LeaderOnlyJobStore(BaseJobStore):  # type: ignore[misc]
         """
         identity = self.elector.identity
         claims: list[_Claim] = []
-        for job in due:
+        for index, job in enumerate(due):
             run_times = job._get_run_times(now)
             if not run_times:
                 continue
@@ -415,7 +415,7 @@ class LeaderOnlyJobStore(BaseJobStore):  # type: ignore[misc]
                 logger.warning("%s: leadership ended while reading job store %r; its due runs "
                                "(%s first) are left to the next leader", identity, self._alias,
                                job.id, extra=self.elector.log_fields())
-                self._count(due, "not_claimed")
+                self._count_not_claimed(claims, due[index:], now)
                 return []
             job.next_run_time = following
             try:
@@ -433,7 +433,7 @@ class LeaderOnlyJobStore(BaseJobStore):  # type: ignore[misc]
                 logger.warning("%s: leadership ended while claiming job %r (scheduled at %s) "
                                "in job store %r: not running it (at most once)", identity,
                                job.id, scheduled, self._alias, extra=self.elector.log_fields())
-                self._count(due, "not_claimed")
+                self._count_not_claimed(claims, due[index:], now)
                 return []
             if not claimed:
                 logger.info("%s: job %r changed in job store %r since it was read; not "
@@ -444,6 +444,19 @@ class LeaderOnlyJobStore(BaseJobStore):  # type: ignore[misc]
             claims.append(_Claim(job, following, term))
         self._claims = {claim.job.id: claim for claim in claims}
         return [claim.job for claim in claims]
+
+    def _count_not_claimed(self, claims: list[_Claim], unclaimed: list[Any],
+                           now: datetime) -> None:
+        """The term ended during a pass: the runs claimed so far are dropped (lost, not run
+        twice) and the due ones not yet claimed are left to the next leader."""
+        self._count([claim.job for claim in claims], "not_claimed")
+        self._count([job for job in unclaimed if job._get_run_times(now)], "not_claimed")
+
+    def _forget(self, job_id: str) -> None:
+        """A removed job's counts stop being exported (job ids may be one-off uuids)."""
+        counts = self.runs.pop(job_id, None)
+        if counts is not None:
+            counts.discard()
 
     def _write_claim(self, job: Any, scheduled: datetime) -> bool:
         if self._compare_and_set is not None:
@@ -474,7 +487,9 @@ class LeaderOnlyJobStore(BaseJobStore):  # type: ignore[misc]
                                self.elector.identity, job_id, self._alias,
                                type(exc).__name__, exc, extra=self.elector.log_fields())
                 continue
-            if not removed:
+            if removed:
+                self._forget(job_id)
+            else:
                 logger.info("%s: finished job %r changed in job store %r after its last run "
                             "was claimed; left in place", self.elector.identity, job_id,
                             self._alias, extra=self.elector.log_fields())
@@ -492,6 +507,7 @@ class LeaderOnlyJobStore(BaseJobStore):  # type: ignore[misc]
             following = job.trigger.get_next_fire_time(run_times[-1], now)
             if following is None:
                 self.jobstore.remove_job(job.id)
+                self._forget(job.id)
             else:
                 job._modify(next_run_time=following)
                 self.jobstore.update_job(job)
@@ -528,6 +544,9 @@ class LeaderOnlyJobStore(BaseJobStore):  # type: ignore[misc]
             self._removals.append(claim)
             return
         self.jobstore.remove_job(job_id)
+        self._forget(job_id)
 
     def remove_all_jobs(self) -> None:
         self.jobstore.remove_all_jobs()
+        for job_id in list(self.runs):
+            self._forget(job_id)

@@ -79,10 +79,23 @@ clock: Callable[[], float] = _suspend_aware_clock()
 
 # Every elector of this process, so that a fork() can disarm the copies the child inherits.
 _electors: weakref.WeakSet[Elector] = weakref.WeakSet()
+_electors_lock = threading.Lock()
+
+
+def live_electors() -> list[Elector]:
+    """Every elector of this process that has not been garbage-collected (a snapshot taken
+    under a lock: iterating a WeakSet while another thread adds to it raises)."""
+    with _electors_lock:
+        return list(_electors)
 
 
 def _disarm_inherited_electors() -> None:
-    for elector in list(_electors):
+    global _electors_lock, _retired_lock
+    # Locks may have been held by a parent's thread at the moment of the fork.
+    _electors_lock = threading.Lock()
+    _retired_lock = threading.Lock()
+    retired_counts.clear()           # the parent's figures, reported by the parent
+    for elector in live_electors():
         elector._after_fork_in_child()
 
 
@@ -130,6 +143,47 @@ def check_timing(lease_duration: float, renew_deadline: float, retry_period: flo
             "gets more than one renew attempt before it steps down")
 
 
+class ElectorCounts:
+    """What the metrics report about one elector. Only its election thread writes them (a stop()
+    from another thread adds a step-down under the elector's lock), so plain integers suffice;
+    a scrape may read them at any time."""
+
+    __slots__ = ("renew_attempts", "renew_failures", "renew_buckets", "renew_seconds",
+                 "leader_changes", "step_downs")
+
+    def __init__(self) -> None:
+        self.renew_attempts = 0
+        self.renew_failures: dict[str, int] = {}   # by reason
+        self.renew_buckets = [0] * len(RENEW_SECONDS_BUCKETS)
+        self.renew_seconds = 0.0
+        self.leader_changes = 0                    # changes of holder this replica saw
+        self.step_downs: dict[str, int] = {}       # by reason
+
+    def add(self, other: ElectorCounts) -> None:
+        self.renew_attempts += other.renew_attempts
+        for reason, count in list(other.renew_failures.items()):
+            self.renew_failures[reason] = self.renew_failures.get(reason, 0) + count
+        for index, count in enumerate(other.renew_buckets):
+            self.renew_buckets[index] += count
+        self.renew_seconds += other.renew_seconds
+        self.leader_changes += other.leader_changes
+        for reason, count in list(other.step_downs.items()):
+            self.step_downs[reason] = self.step_downs.get(reason, 0) + count
+
+
+#: The counts of electors that were garbage-collected, by lease name: the metrics keep adding
+#: them, so that a counter never goes down when an elector goes away.
+retired_counts: dict[str, ElectorCounts] = {}
+_retired_lock = threading.Lock()
+
+
+def _retire(name: str, counts: ElectorCounts, pid: int) -> None:
+    if pid != os.getpid():
+        return  # a copy inherited through fork(): its counts are the parent's
+    with _retired_lock:
+        retired_counts.setdefault(name, ElectorCounts()).add(counts)
+
+
 #: A queued callback: its name for logs, the callable, its arguments, and the term it belongs to.
 _Callback = tuple[str, Callable[..., Any], tuple[Any, ...], int]
 
@@ -151,11 +205,13 @@ class Elector:
     a healthy replica can lead) and sits out at least one lease duration before it campaigns
     again, longer if it keeps failing.
 
-    With ``liveness_timeout`` the application proves it is alive by calling :meth:`heartbeat`
-    at least that often (from its main loop or job loop): when heartbeats stop, this replica
-    logs an ERROR, steps down and releases the lease so another replica leads within about one
-    retry period, and follows until heartbeats resume. Without it, a replica whose application
-    is stuck keeps leading as long as its election thread renews.
+    With ``liveness_timeout`` a leader's application proves it is alive by calling
+    :meth:`heartbeat` at least that often (from its main loop or job loop): when heartbeats
+    stop, this replica logs an ERROR, steps down and releases the lease so another replica
+    leads about one retry period later, and follows until a heartbeat comes. Followers need not
+    heartbeat; a new leader gets a whole ``liveness_timeout`` before its first heartbeat is due.
+    Without it, a replica whose application is stuck keeps leading as long as its election
+    thread renews.
 
     An elector belongs to the process that started it. A copy inherited through ``fork()``
     (pre-fork servers, process pools) never leads and never writes the parent's lease; starting
@@ -216,19 +272,17 @@ class Elector:
         self._highest_transitions = -1
         self._write_started = -math.inf            # when the last store write was sent
         self._duplicate_reported = False
-        # The application watchdog: when heartbeat() was last called, and whether this replica
-        # stays out of the election because it was not called for liveness_timeout.
+        # The application watchdog: when heartbeat() was last called, and when this replica
+        # stepped down because it was not called for liveness_timeout (None: it did not, or
+        # a heartbeat came since and the election thread noticed).
         self._heartbeat_at = -math.inf
-        self._liveness_lost = False
-        # What the metrics report. Only the election thread writes them (step-downs also under
-        # _changed), so plain integers suffice; a scrape may read them at any time.
-        self._renewed_at = -math.inf                # start of the last successful write
-        self._renew_attempts = 0
-        self._renew_failures: dict[str, int] = {}   # by reason
-        self._renew_buckets = [0] * len(RENEW_SECONDS_BUCKETS)
-        self._renew_seconds = 0.0
-        self._leader_changes = 0                    # changes of holder this replica saw
-        self._step_downs: dict[str, int] = {}       # by reason
+        self._liveness_lost_at: float | None = None
+        # For health and metrics: the start of the last successful write, and of the store
+        # interaction under way (None between them).
+        self._renewed_at = -math.inf
+        self._busy_since: float | None = None
+        self.counts = ElectorCounts()
+        weakref.finalize(self, _retire, store.name, self.counts, os.getpid()).atexit = False
 
         self._changed = threading.Condition()       # notified on every leadership change
         self._leading = False                       # the loop's view; guarded by _changed
@@ -246,7 +300,8 @@ class Elector:
         self._callback_thread: threading.Thread | None = None
         self._last_error = ""
         self._listeners: list[Callable[[bool], Any]] = []
-        _electors.add(self)
+        with _electors_lock:
+            _electors.add(self)
 
     def __repr__(self) -> str:
         state = "leader" if self.is_leader else "follower"
@@ -295,57 +350,78 @@ class Elector:
     def health_problem(self) -> str | None:
         """Why this replica is unhealthy, or None. Memory only; for liveness probes.
 
-        Unhealthy means a restart would help: the election thread believes it leads but has not
-        renewed for longer than ``lease_duration`` plus a tolerance (client-go's
-        ``HealthzAdaptor`` rule; the tolerance, three renew deadlines, covers the slowest
-        attempt whose store calls are all bounded), the election thread died, or the
-        application stopped calling :meth:`heartbeat` for ``liveness_timeout``. A healthy
-        follower, and an elector that is not running, are healthy.
+        Unhealthy means a restart would help:
+
+        * the election thread believes it leads but has not renewed for longer than
+          ``lease_duration`` plus a tolerance (client-go's ``HealthzAdaptor`` rule), or a store
+          call of the election thread has not returned within that tolerance, leading or not.
+          The tolerance, ``retry_period + 4 * renew_deadline``, is the longest one attempt may
+          take when each of its store calls (at most four) respects its timeout;
+        * the election thread died;
+        * with ``liveness_timeout``: this replica leads and the application has not called
+          :meth:`heartbeat` for that long, or it stepped down for that reason and no heartbeat
+          came since.
+
+        A follower, and an elector that is not running, are healthy.
         """
         if not self.running:
             return None
         now = self._monotonic()
         thread = self._thread
-        if thread is not None and not thread.is_alive() and not self._stopping.is_set():
+        if (thread is not None and thread.ident is not None and not thread.is_alive()
+                and not self._stopping.is_set()):
             return f"{self.identity}: the election thread of lease {self.store.name} exited"
-        tolerance = 3 * self.renew_deadline
+        tolerance = self._stuck_after()
         if self._leading and now - self._renewed_at > self.lease_duration + tolerance:
             return (f"{self.identity}: the election thread believes it leads lease "
                     f"{self.store.name} but has not renewed it for {now - self._renewed_at:.1f}s "
                     f"(lease_duration {self.lease_duration:g}s + tolerance {tolerance:g}s): it "
                     "is stuck")
-        overdue = self._heartbeat_overdue(now)
-        if overdue is not None:
-            return (f"{self.identity}: no heartbeat() for {overdue:.1f}s, past liveness_timeout "
-                    f"({self.liveness_timeout:g}s): the application looks stuck")
+        busy_since = self._busy_since
+        if busy_since is not None and now - busy_since > tolerance:
+            return (f"{self.identity}: a call to the store of lease {self.store.name} has not "
+                    f"returned for {now - busy_since:.1f}s (tolerance {tolerance:g}s): the "
+                    "election thread is stuck")
+        if self.liveness_timeout is not None:
+            silence = now - self._heartbeat_at
+            if self._leading and silence > self.liveness_timeout:
+                return (f"{self.identity}: no heartbeat() for {silence:.1f}s while leading, past "
+                        f"liveness_timeout ({self.liveness_timeout:g}s): the application looks "
+                        "stuck")
+            lost_at = self._liveness_lost_at
+            if lost_at is not None and self._heartbeat_at <= lost_at:
+                return (f"{self.identity}: stepped down from lease {self.store.name} after no "
+                        f"heartbeat() for liveness_timeout ({self.liveness_timeout:g}s), and "
+                        f"none came since ({silence:.1f}s): the application looks stuck")
         return None
 
     def heartbeat(self) -> None:
         """Tell the elector that the application is alive (see ``liveness_timeout``).
 
         Call it from the loop whose progress matters (the main loop, the job loop) at least
-        once per ``liveness_timeout``. Memory only; cheap enough to call on every iteration.
+        once per ``liveness_timeout`` while this replica leads; calls on followers are allowed
+        and cost nothing. Memory only; cheap enough to call on every iteration.
         """
         self._heartbeat_at = self._monotonic()
-        if self._liveness_lost:
+        if self._liveness_lost_at is not None:
             self._wake.set()  # campaign again now, not a retry period later
 
-    def _heartbeat_overdue(self, now: float) -> float | None:
-        """Seconds since the last heartbeat() if that is longer than liveness_timeout."""
-        timeout = self.liveness_timeout
-        if timeout is None:
-            return None
-        silence = now - self._heartbeat_at
-        return silence if silence > timeout else None
+    def _stuck_after(self) -> float:
+        """The longest one attempt may take: four store calls within their timeouts, and the
+        retry period before it."""
+        return self.retry_period + 4 * self.renew_deadline
 
     def log_fields(self) -> dict[str, Any]:
-        """What every log line of this elector carries as ``extra`` fields: ``lease`` (the
-        lease's name), ``identity`` and ``fencing_token`` (the lease's transition counter as
-        this replica last saw it; None before its first read). JSON log formatters pick
-        them up."""
-        snapshot = self._snapshot
+        """What every log line of this elector carries as ``extra`` fields: ``lease`` (where the
+        lease lives), ``identity`` and ``fencing_token`` (the token of this replica's term
+        while the stored lease is still that term — also in the lines that say it stopped
+        leading after a missed deadline; None on followers). JSON log formatters pick them
+        up."""
+        term, snapshot = self._term, self._snapshot
+        ours = (term is not None and snapshot is not None and self._absent_since is None
+                and self._is_ours(snapshot[0]))
         return {"lease": self.store.name, "identity": self.identity,
-                "fencing_token": snapshot[0].transitions if snapshot is not None else None}
+                "fencing_token": term.transitions if ours and term is not None else None}
 
     def _log(self, level: int, message: str, *args: Any, exc_info: bool = False) -> None:
         if logger.isEnabledFor(level):
@@ -424,7 +500,7 @@ class Elector:
             self._abdicate.clear()
             self._duplicate_reported = False
             self._heartbeat_at = self._monotonic()  # the application's first period starts now
-            self._liveness_lost = False
+            self._liveness_lost_at = None
             # A fresh queue per run: an end marker left by an earlier stop() cannot end it.
             callbacks: queue.SimpleQueue[_Callback | None]
             callbacks = self._callbacks = queue.SimpleQueue()
@@ -572,11 +648,11 @@ class Elector:
     def _campaign(self) -> bool:
         """Try to acquire until it works (True) or the elector stops (False)."""
         while not self._stopping.is_set():
-            if self._application_stuck():
+            if self._sitting_out_for_liveness():
                 self._watch_only()
                 self._sleep(self.retry_period)
                 continue
-            outcome = self._try_acquire_or_renew()
+            outcome = self._attempt()
             if outcome is _LEADING:
                 if self._become_leader(self._write_started):
                     return True
@@ -604,12 +680,13 @@ class Elector:
                 self._sit_out()
                 return
             if self._application_stuck():
-                self._release()  # _application_stuck stepped down: hand over at once
+                if not self._stopping.is_set():  # stop(release=False) leaves it to _run
+                    self._release()  # hand over at once
                 return
             last_attempt = self._monotonic()
             # Each attempt may take the whole renew deadline, even past _leading_until: guards
             # already see is_leader False then, and a slow API server still gets through.
-            outcome = self._try_acquire_or_renew()
+            outcome = self._attempt()
             self._count_renew(outcome, self._monotonic() - last_attempt)
             if outcome is _LEADING:
                 with self._changed:  # stop() may have ended leadership while we renewed
@@ -629,47 +706,60 @@ class Elector:
                 return
 
     def _application_stuck(self) -> bool:
-        """The application watchdog, checked before every attempt: True while heartbeats are
-        overdue. Going stuck steps down (the caller releases); recovering is logged."""
-        overdue = self._heartbeat_overdue(self._monotonic())
-        if overdue is None:
-            if self._liveness_lost:
-                self._liveness_lost = False
-                self._log(logging.WARNING, "%s: heartbeats resumed; campaigning for lease %s "
-                          "again", self.identity, self.store.name)
+        """The application watchdog, checked by a leader before every renew: True (and this
+        replica stepped down; the caller releases) when heartbeats are overdue."""
+        timeout = self.liveness_timeout
+        if timeout is None:
             return False
-        if not self._liveness_lost:
-            self._liveness_lost = True
-            leading = self._leading
-            self._log(logging.ERROR, "%s: no heartbeat() for %.3gs, past liveness_timeout "
-                      "(%gs): the application looks stuck; %s lease %s until heartbeats resume",
-                      self.identity, overdue, self.liveness_timeout,
-                      "stepping down and releasing" if leading else "not campaigning for",
-                      self.store.name)
-            self._step_down(f"liveness_timeout ({self.liveness_timeout:g}s) passed without a "
-                            "heartbeat()", "liveness", logging.ERROR)
+        now = self._monotonic()
+        silence = now - self._heartbeat_at
+        if silence <= timeout:
+            return False
+        self._liveness_lost_at = now
+        self._log(logging.ERROR, "%s: no heartbeat() for %.3gs, past liveness_timeout (%gs): the "
+                  "application looks stuck; stepping down and releasing lease %s, and not "
+                  "campaigning again until heartbeats resume", self.identity, silence, timeout,
+                  self.store.name)
+        self._step_down(f"liveness_timeout ({timeout:g}s) passed without a heartbeat()",
+                        "liveness", logging.ERROR)
         return True
+
+    def _sitting_out_for_liveness(self) -> bool:
+        """After a liveness step-down: True until the application calls heartbeat() again."""
+        lost_at = self._liveness_lost_at
+        if lost_at is None:
+            return False
+        if self._heartbeat_at <= lost_at:
+            return True
+        self._liveness_lost_at = None
+        self._log(logging.WARNING, "%s: heartbeats resumed; campaigning for lease %s again",
+                  self.identity, self.store.name)
+        return False
 
     def _watch_only(self) -> None:
         """Read the lease without competing for it, so that ``leader`` stays current."""
+        self._busy_since = self._monotonic()
         try:
             snapshot = self.store.get(timeout=self._call_timeout())
         except Exception:  # noqa: BLE001 - only informational; the next read may work
             return
+        finally:
+            self._busy_since = None
         if snapshot is not None:
             self._observe(*snapshot)
 
     def _count_renew(self, outcome: str, seconds: float) -> None:
         """Record one renew attempt for the metrics (election thread only)."""
-        self._renew_attempts += 1
-        self._renew_seconds += seconds
+        counts = self.counts
+        counts.renew_attempts += 1
+        counts.renew_seconds += seconds
         for index, bound in enumerate(RENEW_SECONDS_BUCKETS):  # pragma: no branch - inf ends it
             if seconds <= bound:
-                self._renew_buckets[index] += 1
+                counts.renew_buckets[index] += 1
                 break
         if outcome is not _LEADING:
             reason = "taken" if outcome is _HELD else outcome  # held by another replica
-            self._renew_failures[reason] = self._renew_failures.get(reason, 0) + 1
+            counts.renew_failures[reason] = counts.renew_failures.get(reason, 0) + 1
 
     def _sit_out(self) -> None:
         """After on_started_leading raised: let a healthy replica lead before trying again."""
@@ -713,6 +803,14 @@ class Elector:
         the call failed). Leadership still counts only from a write that succeeded."""
         return record.holder == self.identity and (
             _same_term(record, self._term) or _same_term(record, self._attempted))
+
+    def _attempt(self) -> str:
+        """One attempt, timed for the health check."""
+        self._busy_since = self._monotonic()
+        try:
+            return self._try_acquire_or_renew()
+        finally:
+            self._busy_since = None
 
     def _try_acquire_or_renew(self) -> str:
         """One attempt; on success ``_write_started`` is when the winning write was sent.
@@ -843,7 +941,7 @@ class Elector:
             self._report_same_identity(changed=same_term and not was_absent)
         new_holder = record.holder if record.readable else ""
         if new_holder and (previous is None or not same_term):
-            self._leader_changes += 1
+            self.counts.leader_changes += 1
             self._log(logging.INFO, "%s: new leader of %s is %s", self.identity, self.store.name,
                       new_holder)
             self._notify("on_new_leader", self.on_new_leader, new_holder)
@@ -871,6 +969,8 @@ class Elector:
                 return False
             self._leading_until = started + self.renew_deadline
             self._renewed_at = started
+            # A new leader gets a whole liveness_timeout: followers need not heartbeat.
+            self._heartbeat_at = max(self._heartbeat_at, started)
             self._leading = True
             self._terms_led += 1
             self._abdicate.clear()  # a late failure of an earlier term must not end this one
@@ -891,7 +991,7 @@ class Elector:
             self._leading_until = -math.inf
             self._leading = False
             if was_leading:
-                self._step_downs[kind] = self._step_downs.get(kind, 0) + 1
+                self.counts.step_downs[kind] = self.counts.step_downs.get(kind, 0) + 1
             self._changed.notify_all()
         if was_leading:
             self._log(level, "%s: stopped leading %s: %s", self.identity, self.store.name, reason)
@@ -901,6 +1001,13 @@ class Elector:
 
     def _release(self) -> None:
         """Give the lease up if the store still holds our term, so a follower takes over at once."""
+        self._busy_since = self._monotonic()
+        try:
+            self._release_if_ours()
+        finally:
+            self._busy_since = None
+
+    def _release_if_ours(self) -> None:
         if self._leading:
             self._step_down("elector stopped", "stopped", logging.INFO)
         snapshot = self._snapshot
