@@ -22,7 +22,8 @@ tmux-check:
 	  echo "or run 'make run' in three terminals instead."; exit 1; }
 
 demo-parallel: tmux-check install
-	-@$(TMUX_BIN) kill-session -t $(SESSION) 2>/dev/null
+	@if $(TMUX_BIN) has-session -t $(SESSION) 2>/dev/null; then \
+	  $(TMUX_BIN) kill-session -t $(SESSION); fi
 	$(TMUX_BIN) new-session -d -s $(SESSION) -x 160 -y 48 '$(DEMO)'
 	$(TMUX_BIN) set-option -t $(SESSION) remain-on-exit on
 	$(TMUX_BIN) split-window -t $(SESSION) '$(DEMO)'
@@ -31,10 +32,19 @@ demo-parallel: tmux-check install
 	@if [ -t 1 ]; then $(TMUX_BIN) attach -t $(SESSION); \
 	else echo "three replicas run in tmux session $(SESSION): tmux attach -t $(SESSION)"; fi
 
-# Ctrl+C first, so each replica releases the lease, then close the tmux session.
+# Ctrl+C to each demo replica (so each releases the lease), then close the tmux session. The
+# pattern is anchored at the start of the command line: it matches the replicas' Python
+# processes, never this shell, make or the tmux server.
 kill-demo:
-	-@pkill -INT -f 'singleton_jobs demo' && sleep 1
-	-@$(TMUX_BIN) kill-session -t $(SESSION) 2>/dev/null
+	@pids=$$(pgrep -f '^$(PYTHON) -m singleton_jobs demo'); \
+	if [ -n "$$pids" ]; then \
+	  kill -INT $$pids; \
+	  for _ in 1 2 3 4 5 6 7 8 9 10; do \
+	    pgrep -f '^$(PYTHON) -m singleton_jobs demo' >/dev/null || break; sleep 0.5; done; \
+	fi
+	@if command -v $(TMUX_BIN) >/dev/null 2>&1 && \
+	  $(TMUX_BIN) has-session -t $(SESSION) 2>/dev/null; then \
+	  $(TMUX_BIN) kill-session -t $(SESSION); fi
 	@echo "demo stopped"
 
 test:

@@ -28,10 +28,16 @@ if __name__ == "__main__":
     set_default_elector(elector)
     try:
         with elector:  # leaving the with-block releases the lease, also on Ctrl+C
+            # The first replica leads within milliseconds; a follower learns who leads at
+            # its first read. Either way, a moment's wait makes the first line say so.
+            elector.wait_for_leadership(timeout=1.0)
             while True:
                 deleted = clean_up_expired_sessions()  # None on followers
-                print(f"{elector.identity}: leader={elector.leader} deleted={deleted}",
-                      flush=True)
+                if deleted is None:
+                    print(f"{elector.identity}: following {elector.leader or 'nobody yet'}; "
+                          "skipped", flush=True)
+                else:
+                    print(f"{elector.identity}: leading; deleted {deleted}", flush=True)
                 time.sleep(2)
     except KeyboardInterrupt:
         pass

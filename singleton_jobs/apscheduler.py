@@ -252,6 +252,12 @@ def _compare_and_set_for(store: Any) -> _CompareAndSet | None:
     return None
 
 
+def _job_label(job: Any) -> str:
+    """``'name' (id abc123…)``: a job's name says what it is, its id (often a uuid) which."""
+    name = getattr(job, "name", None)
+    return f"{name!r} (id {job.id})" if name and name != job.id else repr(job.id)
+
+
 class _Claim(NamedTuple):
     """A run this replica claimed in the current pass of the scheduler."""
 
@@ -501,8 +507,8 @@ class LeaderOnlyJobStore(BaseJobStore):  # type: ignore[misc]
             run_times = job._get_run_times(now)
             if not run_times:
                 continue
-            logger.info("%s: skipped job %r (scheduled at %s): not the leader", identity,
-                        job.id, run_times[-1], extra=self.elector.log_fields())
+            logger.info("%s: skipped job %s (scheduled at %s): not the leader", identity,
+                        _job_label(job), run_times[-1], extra=self.elector.log_fields())
             self._count([job], "skipped")
             following = job.trigger.get_next_fire_time(run_times[-1], now)
             if following is None:

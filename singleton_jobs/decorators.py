@@ -48,25 +48,26 @@ def leader_only(elector: Callable[P, R], /) -> Callable[P, R | None]: ...
 
 @overload
 def leader_only(
-    elector: Elector | None = None, /, *, default: Any = None,
+    elector: Elector | None = None, *, default: Any = None,
     on_skip: Callable[[], Any] | None = None, raise_on_skip: bool = False,
 ) -> Callable[[Callable[P, R]], Callable[P, R | Any]]: ...
 
 
 def leader_only(
-    elector: Any = None, /, *, default: Any = None,
+    elector: Any = None, *, default: Any = None,
     on_skip: Callable[[], Any] | None = None, raise_on_skip: bool = False,
 ) -> Any:
     """Run the decorated function only while this replica leads; otherwise skip it.
 
     ``@leader_only`` consults the default elector (:func:`set_default_elector`) at each call;
-    ``@leader_only(elector)`` a given one. A skipped call returns ``default``, calls
-    ``on_skip()`` if given, and logs at DEBUG; with ``raise_on_skip=True`` it raises
-    :class:`NotLeaderError` instead. ``async def`` functions stay coroutine functions. The check
-    reads the elector's memory only: no I/O, no lock. The elector is exposed as
-    ``wrapper.elector`` (None when the default is looked up per call), the counts of calls
-    that ran and were skipped as ``wrapper.calls["run"]`` and ``wrapper.calls["skipped"]``
-    (exported as metrics by :func:`singleton_jobs.observability.register_metrics`).
+    ``@leader_only(elector)`` (or ``@leader_only(elector=elector)``) a given one. A skipped
+    call returns ``default``, calls ``on_skip()`` if given, and logs at DEBUG; with
+    ``raise_on_skip=True`` it raises :class:`NotLeaderError` instead. ``async def`` functions
+    stay coroutine functions. The check reads the elector's memory only: no I/O, no lock. The
+    elector is exposed as ``wrapper.elector`` (None when the default is looked up per call),
+    the counts of calls that ran and were skipped as ``wrapper.calls["run"]`` and
+    ``wrapper.calls["skipped"]`` (exported as metrics by
+    :func:`singleton_jobs.observability.register_metrics`).
 
     :raises NotLeaderError: on a skipped call with ``raise_on_skip=True``.
     :raises ConfigurationError: a bare ``@leader_only`` function was called before

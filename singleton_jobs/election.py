@@ -29,6 +29,7 @@ import random
 import sys
 import threading
 import time
+import warnings
 import weakref
 from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
@@ -49,6 +50,9 @@ ACQUIRE_JITTER = 0.2
 #: claims more is judged with the observer's own ``lease_duration``: a garbage or hostile value
 #: such as 1e308 must not keep a dead holder's lease forever.
 MAX_LEASE_DURATION = 86400.0
+#: Timings longer than this (one hour) are accepted with a warning: 15000/10000/2000 are
+#: milliseconds by mistake far more often than leases of four hours on purpose.
+SUSPICIOUS_TIMING = 3600.0
 #: A replica whose ``on_started_leading`` raised sits out this many lease durations before it
 #: campaigns again, doubling on each further failure up to ``SIT_OUT_MAX`` lease durations.
 SIT_OUT_MAX = 16
@@ -141,6 +145,28 @@ def check_timing(lease_duration: float, renew_deadline: float, retry_period: flo
             f"renew_deadline ({renew_deadline}) must be greater than {JITTER_FACTOR} * "
             f"retry_period ({retry_period}) = {JITTER_FACTOR * retry_period:g}, so the leader "
             "gets more than one renew attempt before it steps down")
+    long = [f"{name} ({value:g})" for name, value in (
+        ("lease_duration", lease_duration), ("renew_deadline", renew_deadline),
+        ("retry_period", retry_period)) if value > SUSPICIOUS_TIMING]
+    if long:
+        warn_caller(f"{', '.join(long)} longer than an hour: timings are seconds; did you pass "
+                    "milliseconds? (a crashed leader is replaced only after lease_duration)")
+
+
+def warn_caller(message: str) -> None:
+    """A UserWarning attributed to the first frame outside this package (the user's call)."""
+    package = os.path.dirname(os.path.abspath(__file__))
+    frame, level = sys._getframe(1), 2  # level 2 is our caller's frame for warnings.warn
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):
+        frame, level = frame.f_back, level + 1  # type: ignore[assignment]
+    warnings.warn(message, UserWarning, stacklevel=level)
+
+
+def _positional_parameters(init: Callable[..., Any]) -> list[str]:
+    import inspect  # deferred: only a misused constructor needs it
+
+    return [parameter.name for parameter in list(inspect.signature(init).parameters.values())[1:]
+            if parameter.kind in (parameter.POSITIONAL_ONLY, parameter.POSITIONAL_OR_KEYWORD)]
 
 
 class ElectorCounts:
@@ -224,6 +250,19 @@ class Elector:
     # The clock seam: tests and simulations may replace these on an instance.
     _monotonic: Callable[[], float] = staticmethod(clock)
     _wall: Callable[[], float] = staticmethod(time.time)
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Elector:
+        # Positional timings (FileElector(path, 15, 10, 2)) would be a raw TypeError about
+        # positional arguments: say which keywords to use instead.
+        names = _positional_parameters(cls.__init__)
+        if len(args) > len(names):
+            given = ", ".join(names) or "none"
+            raise TypeError(
+                f"{cls.__name__}() takes {len(names)} positional argument(s) ({given}) but "
+                f"{len(args)} were given: pass the others as keywords, e.g. "
+                f"{cls.__name__}({', '.join(names)}{', ' if names else ''}lease_duration=15, "
+                "renew_deadline=10, retry_period=2)")
+        return super().__new__(cls)
 
     def __init__(
         self,

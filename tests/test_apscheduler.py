@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import subprocess
@@ -163,7 +164,9 @@ def test_follower_of_a_shared_store_never_writes_to_it(
 
 
 def test_per_replica_follower_advances_the_schedule_without_running(
-        leadership: Leadership, scheduler: BackgroundScheduler, tmp_path: Path) -> None:
+        leadership: Leadership, scheduler: BackgroundScheduler, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="singleton_jobs.apscheduler")
     leadership.follow()
     journal = tmp_path / "runs"
     skipped: list[object] = []
@@ -176,6 +179,8 @@ def test_per_replica_follower_advances_the_schedule_without_running(
     assert bodies(journal) == []
     assert len(skipped) >= 4
     assert job.id in {getattr(e, "job_id", None) for e in skipped}
+    # The log says which job by its name, with the id (a uuid) to tell it apart.
+    assert f"skipped job 'record_run' (id {job.id})" in caplog.text
     next_run = scheduler.get_job(job.id).next_run_time
     assert next_run > datetime.now(timezone.utc) - timedelta(seconds=0.05)
     # The new leader continues the schedule: no backlog of the ~5 skipped runs replayed.

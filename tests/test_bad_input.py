@@ -85,3 +85,35 @@ def test_credentials_never_reach_logs_or_error_messages(caplog: pytest.LogCaptur
     assert caplog.text  # something was logged, and none of it is the token
     assert secret not in caplog.text
     assert all(secret not in message for message in messages)
+
+
+def test_timings_in_milliseconds_warn_at_the_callers_line() -> None:
+    from singleton_jobs import FileElector
+
+    with pytest.warns(UserWarning, match=r"lease_duration \(15000\), renew_deadline \(10000\) "
+                      r"longer than an hour.*did you pass milliseconds") as warned:
+        FileElector(name="millis", lease_duration=15000, renew_deadline=10000, retry_period=2000)
+    assert warned[0].filename == __file__  # the user's line, not the library's
+
+
+@pytest.mark.parametrize("make", [
+    lambda: __import__("singleton_jobs").FileElector("/tmp/x.lease", 15, 10, 2),
+    lambda: __import__("singleton_jobs").Elector(__import__("singleton_jobs").MemoryLeaseStore(),
+                                                 15),
+    lambda: KubernetesElector("leader", 15, 10, 2),
+    lambda: __import__("singleton_jobs").SQLElector("sqlite://", "leader", 15),
+    lambda: __import__("singleton_jobs").RedisElector("redis://127.0.0.1:1", "leader", 15),
+], ids=["file", "memory", "kubernetes", "sql", "redis"])
+def test_positional_timings_say_which_keywords_to_use(make: object) -> None:
+    with pytest.raises(TypeError, match=r"pass the others as keywords, e\.g\. \w+\(.*"
+                                        r"lease_duration=15, renew_deadline=10, retry_period=2\)"):
+        make()  # type: ignore[operator]
+
+
+def test_leader_only_takes_the_elector_as_a_keyword_too() -> None:
+    from singleton_jobs import Elector, MemoryLeaseStore, leader_only
+
+    elector = Elector(MemoryLeaseStore())
+    guarded = leader_only(elector=elector)(lambda: "ran")
+    assert guarded.elector is elector  # type: ignore[attr-defined]
+    assert guarded() is None  # not started: a follower

@@ -137,6 +137,31 @@ def test_make_demo_parallel_explains_a_missing_tmux(tmp_path: Path) -> None:
     assert "tmux is not installed" in result.stdout + result.stderr
 
 
+def test_make_kill_demo_stops_every_replica_quietly_and_each_releases(
+        spawn: Callable[..., Process], tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parent.parent
+    lease = tmp_path / "kill.lease"
+    replicas = [demo(spawn, lease, f"node-{index}") for index in (1, 2)]
+    assert replicas[0].wait_for_line(lambda line: "BECAME LEADER" in line, 10)
+    assert replicas[1].wait_for_line(lambda line: "Leader election started" in line, 10)
+    result = subprocess.run(["make", "-C", str(root), "--no-print-directory", "kill-demo",
+                             f"PYTHON={sys.executable}", "TMUX_BIN=/nonexistent/tmux"],
+                            capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "MAKEFLAGS": ""})
+    output = result.stdout + result.stderr
+    assert result.returncode == 0 and output.strip() == "demo stopped", output
+    for replica in replicas:
+        assert replica.popen.wait(10) == 0
+        assert "Stopped" in replica.output()
+    held = run_cli("status", "--lease-path", str(lease))
+    assert held.returncode == 1 and "released" in held.stdout  # the leader released on Ctrl+C
+    again = subprocess.run(["make", "-C", str(root), "--no-print-directory", "kill-demo",
+                            f"PYTHON={sys.executable}", "TMUX_BIN=/nonexistent/tmux"],
+                           capture_output=True, text=True, timeout=60,
+                           env={**os.environ, "MAKEFLAGS": ""})
+    assert (again.returncode, (again.stdout + again.stderr).strip()) == (0, "demo stopped")
+
+
 def test_demo_without_apscheduler_runs_its_job_from_a_plain_timer(
         spawn: Callable[..., Process], tmp_path: Path) -> None:
     shadow = tmp_path / "shadow" / "apscheduler"

@@ -54,3 +54,4 @@ def test_example_runs_its_job_on_one_of_two_replicas(
         assert process.popen.wait(20) == 0, process.output()
     assert leader_line not in second.output()
     assert "Traceback" not in first.output() + second.output()
+    assert "=None" not in first.output() + second.output()  # no half-known state printed
