@@ -1,3 +1,29 @@
+"""Metadata lives in setup.cfg; only the long description for the package index is made here."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
 from setuptools import setup
 
-setup()
+# README.md opens with the commands of a clone of the repository (editable installs, the test
+# suite), which mean nothing on the package index: there that first code block becomes the
+# install from the index. The rest of the README is the long description as it is.
+INDEX_OPENING = """```sh
+pip install "singleton_jobs[apscheduler]"
+singleton-jobs demo        # a demo replica; start more in other terminals
+```
+
+The source distribution also carries the test suite, the examples and the benchmarks."""
+
+
+def long_description() -> str:
+    readme = (Path(__file__).parent / "README.md").read_text(encoding="utf-8")
+    first_block = re.search(r"^```.*?^```$", readme, flags=re.DOTALL | re.MULTILINE)
+    if first_block is None or "pip install -e" not in first_block.group():
+        return readme
+    return readme[:first_block.start()] + INDEX_OPENING + readme[first_block.end():]
+
+
+setup(long_description=long_description())
