@@ -1,7 +1,7 @@
 """Several replicas share one database for their jobs and their lease; each scheduled run happens
 exactly once.
 
-    pip install "singleton_jobs[apscheduler,sql]"
+    pip install "singleton_jobs[apscheduler]"            # APScheduler and SQLAlchemy
     python examples/apscheduler_shared_sqlalchemy.py     # in two or three terminals
     JOBS_DATABASE=postgresql+psycopg://app@db/app python examples/apscheduler_shared_sqlalchemy.py
 
@@ -24,11 +24,14 @@ from apscheduler.jobstores.base import ConflictingIdError
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from singleton_jobs import SQLElector
+from singleton_jobs import SQLElector, default_lease_dir
 from singleton_jobs.apscheduler import LeaderOnlyJobStore
 
-# Every replica must point at the same database: for the jobs and for the lease.
-DATABASE_URL = os.environ.get("JOBS_DATABASE", "sqlite:///jobs.sqlite")
+# Every replica must point at the same database: for the jobs and for the lease. The default
+# SQLite file lives in the per-user lease directory, so replicas started from any directory
+# share it.
+DATABASE_URL = os.environ.get("JOBS_DATABASE") or "sqlite:///" + os.path.join(
+    default_lease_dir(), "apscheduler_shared_sqlalchemy.sqlite")
 
 
 def send_report() -> None:
