@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from .backends.redis import RedisElector, RedisLeaseStore
     from .backends.sql import SQLElector, SQLLeaseStore
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "ConfigurationError",
