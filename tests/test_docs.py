@@ -183,3 +183,10 @@ def test_docs_build_without_warnings(tmp_path: Path) -> None:
         env=env, cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, f"sphinx-build -W failed:\n{done.stdout}\n{done.stderr}"
     assert (tmp_path / "html" / "api.html").is_file()
+
+
+def test_readme_links_to_pages_that_exist() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    links = re.findall(r"\]\((docs/[^)#\s]+)", readme)
+    assert links, "the README no longer links into docs/"
+    assert [link for link in links if not (ROOT / link).is_file()] == []
