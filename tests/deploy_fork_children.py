@@ -36,8 +36,14 @@ def outcome(call: Any) -> str:
         return f"raised {type(exc).__name__}: {exc}"
 
 
+# Set by main() before each pool forks: every task waits for the other, so that each of the
+# two tasks runs in its own worker (a worker that ran one already started `unstarted`).
+together: Any = None
+
+
 def inspect(_: int) -> dict[str, Any]:
     """Runs in a pool worker."""
+    together.wait(timeout=60)
     report: dict[str, Any] = {
         "pid": os.getpid(), "is_leader": elector.is_leader,
         "fencing_token": elector.fencing_token, "running": elector.running,
@@ -60,9 +66,12 @@ def main() -> None:
     if not elector.wait_for_leadership(timeout=10):
         sys.exit("the parent did not lead")
     token = elector.fencing_token
+    global together
     fork = multiprocessing.get_context("fork")
+    together = fork.Barrier(2)
     with fork.Pool(2) as pool:
         reports = pool.map(inspect, range(2), chunksize=1)
+    together = fork.Barrier(2)
     with ProcessPoolExecutor(2, mp_context=fork) as executor:
         reports += list(executor.map(inspect, range(2)))
     with open(elector.path) as lease:
