@@ -32,7 +32,7 @@ ROOT = HERE.parent
 TEST_HELPERS = ["conftest.py", "k8s_api.py", "contender.py", "scheduler_replica.py", "servers.py",
                 "aps_jobs.py", "aps_stores.py"]
 #: Folders whose tracked files the tests start or read, so the sdist must carry all of them.
-SHIPPED_FOLDERS = ["tests", "examples", "benchmarks"]
+SHIPPED_FOLDERS = ["tests", "examples", "benchmarks", "docs"]
 NOT_SOURCE = shutil.ignore_patterns(".git", "*.egg-info", "build", "dist", ".tox", "__pycache__",
                                     "*.py[cod]", ".*_cache", ".hypothesis", ".benchmarks")
 
