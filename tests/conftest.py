@@ -172,8 +172,9 @@ def spawn() -> Iterator[Callable[..., Process]]:
     """Start real child processes; every one is killed when the test ends."""
     started: list[Process] = []
 
-    def start(*args: str, env: dict[str, str] | None = None) -> Process:
-        process = Process([sys.executable, *args], env=env)
+    def start(*args: str, env: dict[str, str] | None = None,
+              python: str = sys.executable) -> Process:
+        process = Process([python, *args], env=env)
         started.append(process)
         return process
 

@@ -141,11 +141,20 @@ def test_make_kill_demo_stops_every_replica_quietly_and_each_releases(
         spawn: Callable[..., Process], tmp_path: Path) -> None:
     root = Path(__file__).resolve().parent.parent
     lease = tmp_path / "kill.lease"
-    replicas = [demo(spawn, lease, f"node-{index}") for index in (1, 2)]
-    assert replicas[0].wait_for_line(lambda line: "BECAME LEADER" in line, 10)
-    assert replicas[1].wait_for_line(lambda line: "Leader election started" in line, 10)
+    # An interpreter path of this test's own, so that kill-demo (which stops every demo of
+    # that interpreter) cannot reach demos other tests run at the same time.
+    python = tmp_path / "bin" / "python3"
+    python.parent.mkdir()
+    python.symlink_to(sys.executable)
+    replicas = []
+    for index, ready in ((1, "BECAME LEADER"), (2, "Leader election started")):
+        replica = spawn("-m", "singleton_jobs", "demo", "--lease-path", str(lease), "--identity",
+                        f"node-{index}", *FAST_DEMO, python=str(python))
+        assert replica.wait_for_line(lambda line, ready=ready: ready in line, 10), \
+            replica.output()
+        replicas.append(replica)
     result = subprocess.run(["make", "-C", str(root), "--no-print-directory", "kill-demo",
-                             f"PYTHON={sys.executable}", "TMUX_BIN=/nonexistent/tmux"],
+                             f"PYTHON={python}", "TMUX_BIN=/nonexistent/tmux"],
                             capture_output=True, text=True, timeout=60,
                             env={**os.environ, "MAKEFLAGS": ""})
     output = result.stdout + result.stderr
@@ -156,7 +165,7 @@ def test_make_kill_demo_stops_every_replica_quietly_and_each_releases(
     held = run_cli("status", "--lease-path", str(lease))
     assert held.returncode == 1 and "released" in held.stdout  # the leader released on Ctrl+C
     again = subprocess.run(["make", "-C", str(root), "--no-print-directory", "kill-demo",
-                            f"PYTHON={sys.executable}", "TMUX_BIN=/nonexistent/tmux"],
+                            f"PYTHON={python}", "TMUX_BIN=/nonexistent/tmux"],
                            capture_output=True, text=True, timeout=60,
                            env={**os.environ, "MAKEFLAGS": ""})
     assert (again.returncode, (again.stdout + again.stderr).strip()) == (0, "demo stopped")

@@ -13,6 +13,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -372,15 +373,18 @@ def test_row_rewritten_by_hand_never_gives_two_leaders(sql_url: str) -> None:
 
 def test_dropped_tables_come_back_and_the_election_recovers(sql_url: str) -> None:
     name = lease_name()
-    with Fleet(sql_url, name, 3) as fleet:
+    # Tables of its own: dropping the default ones would pull them from under other tests
+    # running at the same time against the same database.
+    table = f"dropped_{uuid.uuid4().hex[:12]}"
+    with Fleet(sql_url, name, 3, table=table) as fleet:
         first = fleet.leader()
         token = first.fencing_token
         assert token is not None
         # Replicas that saw the lease wait out its holder; a replica started after the drop
         # could not know of it (the README says so: drop the tables with the fleet stopped).
         fleet.seen_by_all(first)
-        sql(sql_url, "DROP TABLE singleton_jobs_leases")
-        sql(sql_url, "DROP TABLE singleton_jobs_leases_fence")
+        sql(sql_url, f"DROP TABLE {table}")
+        sql(sql_url, f"DROP TABLE {table}_fence")
         assert wait_until(lambda: not first.is_leader, TIMINGS["renew_deadline"] + SLACK)
         successor = fleet.leader(timeout=TIMINGS["lease_duration"] + 3 * SLACK)
         assert successor.fencing_token is not None and successor.fencing_token > token
