@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import time
 from datetime import timezone
 
@@ -43,6 +44,11 @@ def heartbeat() -> None:
 
 
 def main() -> None:
+    # Ctrl+C (or SIGTERM) at any moment, even during start-up, only asks the loop below to end:
+    # start-up completes, then the scheduler shuts down and the lease is released.
+    stop: list[int] = []
+    signal.signal(signal.SIGINT, lambda signum, frame: stop.append(signum))
+    signal.signal(signal.SIGTERM, lambda signum, frame: stop.append(signum))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     elector = SQLElector(DATABASE_URL, "report-sender", lease_duration=6, renew_deadline=4,
                          retry_period=1)
@@ -50,21 +56,19 @@ def main() -> None:
     scheduler.add_jobstore(LeaderOnlyJobStore(elector, SQLAlchemyJobStore(url=DATABASE_URL)),
                            "leader")
     scheduler.add_job(heartbeat, "interval", seconds=5)  # default store: runs everywhere
-    try:  # Ctrl+C at any moment from here on shuts down cleanly
-        scheduler.start()  # also starts the elector
+    scheduler.start()  # also starts the elector
+    try:
         try:
             # Shared store: add after start(); keep the schedule another replica stored.
             scheduler.add_job(send_report, "interval", seconds=3, id="report",
                               jobstore="leader", coalesce=True, misfire_grace_time=10)
         except ConflictingIdError:
             pass
-        while True:
-            time.sleep(1)
-    except KeyboardInterrupt:
-        pass
+        print(f"[{os.getpid()}] replica ready (Ctrl+C to stop)", flush=True)
+        while not stop:
+            time.sleep(0.2)
     finally:
-        if scheduler.running:
-            scheduler.shutdown()  # stops the elector too, releasing the lease
+        scheduler.shutdown()  # stops the elector too, releasing the lease
 
 
 if __name__ == "__main__":
