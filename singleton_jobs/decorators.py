@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar, overload
 
 if sys.version_info >= (3, 10):
-    from typing import ParamSpec
+    from typing import ParamSpec  # novm: only on 3.10+, typing_extensions before
 else:  # pragma: no cover
     from typing_extensions import ParamSpec
 
