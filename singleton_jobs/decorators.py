@@ -33,6 +33,7 @@ def set_default_elector(elector: Elector | None) -> None:
 
 
 def get_default_elector() -> Elector | None:
+    """The elector bare ``@leader_only`` functions consult, or None if none was set."""
     return _default_elector
 
 

@@ -224,7 +224,7 @@ _DELETED = "deleted"      # the record vanished under this leader: step down and
 class Elector:
     """Campaigns for a lease in a background thread and tells guards whether to run.
 
-    ``store`` is any :class:`~singleton_jobs.backends.LeaseStore`. Callbacks run on a separate
+    ``store`` is any :class:`~singleton_jobs.LeaseStore`. Callbacks run on a separate
     thread, in order, so a slow or raising callback never delays a renew:
     ``on_started_leading()``, ``on_stopped_leading()``, ``on_new_leader(identity)``. If
     ``on_started_leading`` raises, the exception is logged, this replica releases the lease (so

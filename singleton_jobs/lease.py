@@ -28,7 +28,9 @@ class LeaseRecord(NamedTuple):
     """Seconds the holder may be trusted after a follower last saw the record change.
     ``0`` means unknown: the observer then uses its own ``lease_duration``."""
     acquire_time: float
+    """When the current holder acquired the lease (the writer's wall clock; informational)."""
     renew_time: float
+    """When the holder last renewed it (the writer's wall clock; informational)."""
     transitions: int
     """Incremented every time the holder changes: the fencing token."""
 
@@ -39,6 +41,7 @@ class LeaseRecord(NamedTuple):
 
     @property
     def readable(self) -> bool:
+        """False for content the backend could not parse (held by nobody valid)."""
         return self.holder != UNKNOWN_HOLDER
 
 
