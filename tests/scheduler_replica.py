@@ -1,6 +1,6 @@
 """One replica of a service with an APScheduler scheduler, for the multi-process tests.
 
-Every replica adds the same jobs at start-up, the way the README recommends (a shared store: add
+Every replica adds the same jobs at start-up, as the documentation says (a shared store: add
 after ``start()`` and ignore ``ConflictingIdError``; a per-replica store: add before), and
 journals each executed run as ``pid job_id scheduled_run_time`` through an event listener;
 ``MISSED`` and ``SKIPPED`` lines record misfires and follower skips.

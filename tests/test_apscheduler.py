@@ -692,7 +692,7 @@ def test_three_replicas_run_each_scheduled_time_once_and_fail_over(
 @pytest.mark.parametrize("database", ["postgresql", "mysql"])
 def test_three_replicas_share_one_database_url_for_jobs_and_lease(
         spawn: Callable[..., Process], tmp_path: Path, database: str) -> None:
-    """The README's set-up: SQLAlchemyJobStore and SQLElector on one DATABASE_URL."""
+    """The documented set-up: SQLAlchemyJobStore and SQLElector on one DATABASE_URL."""
     url = {"postgresql": POSTGRES_URL, "mysql": MYSQL_URL}[database]
     require_server(url)
     table = f"apscheduler_jobs_{time.time_ns()}"

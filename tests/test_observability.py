@@ -573,7 +573,7 @@ def test_asgi_app_serves_healthz_and_metrics_under_a_mount_path(
 
 def test_readme_mounts_serve_healthz_and_metrics_in_flask_and_starlette_over_http(
         electors: list[Elector]) -> None:
-    """The two snippets of the README, served by real servers: werkzeug's for Flask with its
+    """The two snippets of the operating page, served by real servers: werkzeug's for Flask with its
     DispatcherMiddleware, uvicorn for a Starlette app with a Mount."""
     import uvicorn
     from flask import Flask

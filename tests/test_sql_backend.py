@@ -179,9 +179,9 @@ def test_tables_are_created_once_with_the_documented_columns(tmp_path: Path) -> 
         "version"]
     assert [c["name"] for c in inspector.get_columns("singleton_jobs_leases_fence")] == [
         "name", "transitions"]
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
-    assert "CREATE TABLE singleton_jobs_leases (" in readme
-    assert "CREATE TABLE singleton_jobs_leases_fence (" in readme
+    page = (Path(__file__).parent.parent / "docs" / "backends" / "sql.md").read_text()
+    assert "CREATE TABLE singleton_jobs_leases (" in page
+    assert "CREATE TABLE singleton_jobs_leases_fence (" in page
 
 
 def test_many_leases_share_one_table_without_interfering(sql_url: str) -> None:
@@ -381,7 +381,7 @@ def test_dropped_tables_come_back_and_the_election_recovers(sql_url: str) -> Non
         token = first.fencing_token
         assert token is not None
         # Replicas that saw the lease wait out its holder; a replica started after the drop
-        # could not know of it (the README says so: drop the tables with the fleet stopped).
+        # could not know of it (the documentation says so: drop the tables with the fleet stopped).
         fleet.seen_by_all(first)
         sql(sql_url, f"DROP TABLE {table}")
         sql(sql_url, f"DROP TABLE {table}_fence")
