@@ -150,7 +150,8 @@ def test_sdist_carries_the_whole_test_suite_and_what_it_reads(built: Built) -> N
 def test_unpacked_sdist_collects_its_tests_without_errors(built: Built) -> None:
     env = {**os.environ, "PYTHONPATH": str(built.unpacked_sdist)}
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider"],
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
+         "-n", "0"],
         cwd=built.unpacked_sdist, env=env, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert re.search(r"^\d+ tests collected", result.stdout, re.MULTILINE), result.stdout[-3000:]
@@ -163,10 +164,14 @@ def test_index_description_opens_with_an_install_from_the_index(built: Built) ->
     opening = description.split("\n## ")[0]
     assert "pip install -e" not in opening, opening
     assert 'pip install "singleton_jobs[apscheduler]"' in opening, opening
-    # Made from the README: everything after the README's first code block is there as it is.
+    # Made from the README: everything after the README's first code block is there, links to
+    # files of the repository reduced to their text (they would lead nowhere on the index).
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     after_first_block = readme.split("```", 2)[2]
-    assert after_first_block.strip() in description
+    assert "](docs/" in after_first_block
+    assert re.sub(r"\[([^\]]+)\]\((?!https?://|#)[^)\s]+\)", r"\1",
+                  after_first_block).strip() in description
+    assert not re.search(r"\]\((?!https?://|#)", description), "a relative link on the index"
 
 
 def test_twine_check_passes_strictly(built: Built) -> None:
