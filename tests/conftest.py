@@ -25,6 +25,15 @@ HERE = Path(__file__).resolve().parent
 FAST = {"lease_duration": 0.5, "renew_deadline": 0.3, "retry_period": 0.05}
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # A shell starts a background job (`cmd &` in a CI script) with SIGINT ignored, and every
+    # process started from it inherits that: the tests' replicas would never see their Ctrl+C.
+    # Python installs its KeyboardInterrupt handler only where SIGINT is not ignored, and a
+    # handled signal is reset to its default in a child, so handling it here fixes both.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def wait_until(predicate: Callable[[], object], timeout: float, interval: float = 0.005) -> bool:
     """Poll ``predicate`` until it is truthy or ``timeout`` passes; return its last value."""
     deadline = time.monotonic() + timeout
