@@ -55,12 +55,15 @@ def assert_no_overlap(runs: list[Run], straddling: set[Run] = frozenset()) -> No
 
 
 def assert_tokens_increase(runs: list[Run]) -> list[tuple[int, int]]:
-    """Group runs into leadership terms; each term's token exceeds the one before."""
+    """Group runs into leadership terms; each term's token exceeds the one before.
+
+    A term is a stretch of runs by one process with one token: a process that loses the lease
+    and wins it again leads a new term, whose token must be higher like any other's.
+    """
     terms: list[tuple[int, int]] = []
     for run in runs:
-        if not terms or terms[-1][0] != run.pid:
+        if not terms or terms[-1] != (run.pid, run.token):
             terms.append((run.pid, run.token))
-        assert run.token == terms[-1][1], f"token changed within a term: {run}"
     tokens = [token for _, token in terms]
     assert tokens == sorted(set(tokens)), f"fencing tokens not strictly increasing: {terms}"
     return terms
