@@ -73,6 +73,10 @@ REQUIRE_SERVERS_VARIABLE = "SINGLETON_JOBS_REQUIRE_SERVERS"
 
 # require_server(): a shared server that has not answered within this is missing.
 ANSWER_TIMEOUT = 2.0
+# The drivers' own timeouts, a second longer: only a backstop for the probing thread, so that
+# a silent server is always reported as not answering within ANSWER_TIMEOUT (with the same
+# value, the driver's timer and the join raced, and either message could come first).
+DRIVER_TIMEOUT = ANSWER_TIMEOUT + 1.0
 # Bounds for an owned server to answer after start (crash recovery included) and to exit after
 # stop; generous because CI machines have two busy cores, and only a failing start waits this long.
 START_TIMEOUT = 30.0
@@ -191,7 +195,7 @@ def _redis_query(url: str) -> Callable[[], None]:
 
     def ping() -> None:
         client = redis.Redis.from_url(
-            url, socket_timeout=ANSWER_TIMEOUT, socket_connect_timeout=ANSWER_TIMEOUT
+            url, socket_timeout=DRIVER_TIMEOUT, socket_connect_timeout=DRIVER_TIMEOUT
         )
         try:
             client.ping()
@@ -208,7 +212,7 @@ def _sql_query(url: str) -> Callable[[], None]:
 
     parsed = make_url(url)
     connect_args: dict[str, Any] = {}
-    seconds = int(ANSWER_TIMEOUT)
+    seconds = int(DRIVER_TIMEOUT)
     if parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() in (
         "psycopg",
         "psycopg2",
