@@ -314,10 +314,12 @@ def test_renew_and_poll_are_one_statement_each(sql_url: str) -> None:
             assert dbapi.isolation_level is None  # sqlite3's autocommit
 
 
-def test_mariadb_counts_one_statement_per_renew_and_per_poll() -> None:
-    require_server(MYSQL_URL)
-    monitor = sa.create_engine(MYSQL_URL, isolation_level="AUTOCOMMIT")
-    store = SQLLeaseStore(MYSQL_URL, lease_name())
+def test_mariadb_counts_one_statement_per_renew_and_per_poll(own_mysql: Server) -> None:
+    # A server of its own: 'Questions' counts every client's statements, and other tests may
+    # use a shared server at the same time.
+    url = own_mysql.url
+    monitor = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+    store = SQLLeaseStore(url, lease_name())
     record = LeaseRecord("a", 15.0, 1_767_000_000.0, 1_767_000_000.0, 0)
     version = store.create(record, timeout=5)
     store.get(timeout=5)
@@ -403,8 +405,9 @@ def test_store_that_saw_the_fence_reports_it_unknown_once_it_is_gone(sql_url: st
     assert SQLLeaseStore(sql_url, store.lease_name).transitions_floor(timeout=5) == -1
 
 
-def test_killed_connections_cost_one_attempt_not_the_leadership(server_url: str) -> None:
-    sql_url = server_url
+def test_killed_connections_cost_one_attempt_not_the_leadership(own_server: Server) -> None:
+    # A server of its own: it kills every other connection to the database.
+    sql_url = own_server.url
     with Fleet(sql_url, lease_name(), 2) as fleet:
         leader = fleet.leader()
         token = leader.fencing_token
@@ -600,9 +603,9 @@ print("parent", repr(record.holder), record.transitions, flush=True)
     assert result.stdout.splitlines() == ["child True 0", "parent '' 0"], result.stdout
 
 
-def test_killed_listen_connection_comes_back_and_still_wakes_followers() -> None:
-    url = POSTGRES_URL
-    require_server(url)
+def test_killed_listen_connection_comes_back_and_still_wakes_followers(
+        own_postgres: Server) -> None:
+    url = own_postgres.url  # a server of its own: it kills every LISTEN connection there
     with Fleet(url, lease_name(), 2, lease_duration=8.0, renew_deadline=5.0,
                retry_period=2.0) as fleet:
         first = fleet.leader()
