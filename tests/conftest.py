@@ -190,3 +190,23 @@ def spawn() -> Iterator[Callable[..., Process]]:
     yield start
     for process in started:
         process.kill()
+
+
+@pytest.fixture
+def fresh_postgres_database() -> Iterator[str]:
+    """The URL of a database of its own on the shared PostgreSQL server, dropped afterwards."""
+    import sqlalchemy
+    from servers import POSTGRES_URL, require_server
+
+    require_server(POSTGRES_URL)
+    name = f"fresh_{os.getpid()}_{time.time_ns()}"
+    admin = sqlalchemy.create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sqlalchemy.text(f"CREATE DATABASE {name}"))
+    try:
+        yield sqlalchemy.engine.make_url(POSTGRES_URL).set(database=name).render_as_string(
+            hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sqlalchemy.text(f"DROP DATABASE {name} WITH (FORCE)"))
+        admin.dispose()

@@ -15,13 +15,11 @@ import os
 import re
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from servers import POSTGRES_URL, REDIS_URL, require_server
+from servers import REDIS_URL, require_server
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -123,25 +121,6 @@ def test_every_python_sample_runs_or_says_why_not() -> None:
                 assert PYTHON_FENCE.match(following), (
                     f"docs/{path.relative_to(DOCS).as_posix()}:{number}: a not-tested marker "
                     "must be the line before a ```python block")
-
-
-@pytest.fixture
-def fresh_postgres_database() -> Iterator[str]:
-    """A database of its own on the PostgreSQL server, dropped afterwards."""
-    import sqlalchemy
-
-    require_server(POSTGRES_URL)
-    name = f"docs_{os.getpid()}_{time.time_ns()}"
-    admin = sqlalchemy.create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sqlalchemy.text(f"CREATE DATABASE {name}"))
-    try:
-        yield str(sqlalchemy.engine.make_url(POSTGRES_URL).set(database=name)
-                  .render_as_string(hide_password=False))
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sqlalchemy.text(f"DROP DATABASE {name} WITH (FORCE)"))
-        admin.dispose()
 
 
 @pytest.mark.parametrize("page", PAGES_WITH_SAMPLES)

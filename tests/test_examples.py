@@ -4,32 +4,13 @@ from __future__ import annotations
 
 import os
 import signal
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import sqlalchemy
 from conftest import HERE, Process
-from servers import POSTGRES_URL, require_server
 
 EXAMPLES = HERE.parent / "examples"
-
-
-@pytest.fixture
-def fresh_postgres_database() -> Iterator[str]:
-    """A database of its own on the PostgreSQL server: a jobs table keeps its schedule."""
-    require_server(POSTGRES_URL)
-    name = f"examples_{os.getpid()}_{time.time_ns()}"
-    admin = sqlalchemy.create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sqlalchemy.text(f"CREATE DATABASE {name}"))
-    try:
-        yield str(sqlalchemy.engine.make_url(POSTGRES_URL).set(database=name))
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sqlalchemy.text(f"DROP DATABASE {name} WITH (FORCE)"))
-        admin.dispose()
 
 
 @pytest.mark.parametrize(("script", "leader_line", "database", "ready_line"), [
