@@ -25,14 +25,17 @@ import argparse
 import timeit
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from threading import get_ident
 
 from singleton_jobs import (
     Elector,
+    LeadershipLost,
     MemoryLeaseStore,
     get_default_elector,
     leader_only,
     set_default_elector,
 )
+from singleton_jobs.terms import _current, _sync_bodies
 
 TARGET_ADDED_NS = 1000.0
 TARGET_METRICS_NS = 100.0
@@ -44,8 +47,9 @@ def job() -> int:
 
 
 def uncounted(elector: Elector) -> Callable[[], object]:
-    """``@leader_only(elector)(job)`` as the previous release wrapped it: the same checks, the
-    same skip path (warning once if the elector is not running, a DEBUG line), no counting."""
+    """``@leader_only(elector)(job)`` as the shipped guard wraps it, without the counting: the
+    same checks, the same term bookkeeping on the leader, the same skip path (warning once if
+    the elector is not running, a DEBUG line)."""
     import logging
 
     logger = logging.getLogger("singleton_jobs.decorators")
@@ -72,8 +76,19 @@ def uncounted(elector: Elector) -> Callable[[], object]:
         chosen = elector or get_default_elector()
         if chosen is None:
             raise RuntimeError("no elector")
-        if chosen.is_leader:
-            return func(*args, **kwargs)
+        term = chosen._current_term
+        if chosen.is_leader and term is not None:
+            try:
+                if _current.get() is not None:
+                    raise RuntimeError("not timed: inside an asynchronous body")
+                entry = (get_ident(), term)  # the body's term, as the shipped guard notes it
+                _sync_bodies.append(entry)
+                try:
+                    return func(*args, **kwargs)
+                finally:
+                    _sync_bodies.remove(entry)
+            except LeadershipLost:
+                return default
         return skip(chosen)
 
     return wrapper

@@ -22,6 +22,7 @@ from .errors import (
 )
 from .lease import LeaseRecord
 from .store import LeaseStore
+from .terms import Term, TermLost, current_term
 
 if TYPE_CHECKING:
     from .backends.kubernetes import KubernetesElector, KubernetesLeaseStore
@@ -49,8 +50,11 @@ __all__ = [
     "SQLElector",
     "SQLLeaseStore",
     "SingletonJobsError",
+    "Term",
+    "TermLost",
     "__version__",
     "check_timing",
+    "current_term",
     "default_lease_dir",
     "default_lease_path",
     "exit_on_sigterm",

@@ -38,8 +38,12 @@ store still holds what the claim wrote (or, without a compare-and-set, while the
 lasts) — so the scheduler's bookkeeping can never overwrite a newer schedule either.
 
 When this replica becomes leader the scheduler is woken at once. When it loses leadership, no
-new run starts; a run already executing is not interrupted (pass ``elector.fencing_token`` to
-downstream systems if that matters).
+new run starts. Each run handed to an executor is bound to the leadership term it was handed over
+in: it does not start if that term ended while it waited for a worker; inside it
+:func:`~singleton_jobs.current_term` gives the term (fencing token, ``check()``, ``lost``); a
+coroutine job (``AsyncIOExecutor``) is cancelled when the term ends, before another replica can
+lead, and a synchronous one can stop at ``current_term().check()``. Either way the run ends with
+a WARNING, not an error. The elector waits for running jobs before it releases the lease.
 
 Requires ``pip install "singleton_jobs[apscheduler]"``.
 """
@@ -55,16 +59,18 @@ from typing import Any, NamedTuple
 
 try:
     from apscheduler.events import JobEvent, SchedulerEvent
+    from apscheduler.job import Job
     from apscheduler.jobstores.base import BaseJobStore, JobLookupError
     from apscheduler.jobstores.memory import MemoryJobStore
-    from apscheduler.util import datetime_to_utc_timestamp
+    from apscheduler.util import datetime_to_utc_timestamp, iscoroutinefunction_partial
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError('singleton_jobs.apscheduler needs APScheduler 3.x: '
                       'pip install "singleton_jobs[apscheduler]"') from exc
 
 from .election import Elector
-from .errors import ConfigurationError
+from .errors import ConfigurationError, LeadershipLost
 from .observability import GuardCounts
+from .terms import Term, run_async_in_term, run_in_term
 
 logger = logging.getLogger(__name__)
 
@@ -258,6 +264,62 @@ def _job_label(job: Any) -> str:
     return f"{name!r} (id {job.id})" if name and name != job.id else repr(job.id)
 
 
+def _copy(job: Any, func: Any) -> Any:
+    """A copy of ``job`` that runs ``func`` (the stored job keeps its own function)."""
+    copy = Job.__new__(Job)
+    for slot in Job.__slots__:
+        if slot != "__weakref__" and hasattr(job, slot):
+            setattr(copy, slot, getattr(job, slot))
+    copy.func = func
+    return copy
+
+
+def _bind(job: Any, term: Term) -> Any:
+    """A copy of ``job`` whose runs belong to ``term``: not started once it has ended,
+    :func:`~singleton_jobs.current_term` inside, coroutines cancelled when it ends."""
+    func = job.func
+    label = _job_label(job)
+    identity = term.elector.identity
+
+    def ended(exc: LeadershipLost | None) -> None:
+        if exc is None:
+            logger.warning("%s: job %s not started: leadership (fencing token %s) ended after "
+                           "it was handed to the executor", identity, label, term.fencing_token,
+                           extra=term.elector.log_fields())
+        else:
+            logger.warning("%s: job %s stopped: %s", identity, label, exc,
+                           extra=term.elector.log_fields())
+
+    if iscoroutinefunction_partial(func):
+        async def run_async(*args: Any, **kwargs: Any) -> Any:
+            if not term.active:
+                return ended(None)
+            try:
+                return await run_async_in_term(term, func, args, kwargs)
+            except LeadershipLost as exc:
+                return ended(exc)
+
+        run: Any = run_async
+    else:
+        def run_sync(*args: Any, **kwargs: Any) -> Any:
+            if not term.active:
+                return ended(None)
+            try:
+                return run_in_term(term, func, args, kwargs)
+            except LeadershipLost as exc:
+                return ended(exc)
+
+        run = run_sync
+    run.__singleton_jobs_func__ = func
+    return _copy(job, run)
+
+
+def _unbind(job: Any) -> Any:
+    """The job as it is stored: with its own function, not the run bound to a term."""
+    func = getattr(job.func, "__singleton_jobs_func__", None)
+    return job if func is None else _copy(job, func)
+
+
 class _Claim(NamedTuple):
     """A run this replica claimed in the current pass of the scheduler."""
 
@@ -331,8 +393,8 @@ class LeaderOnlyJobStore(BaseJobStore):  # type: ignore[misc]
                         extra=self.elector.log_fields())
             code = EVENT_LEADERSHIP_GAINED
         else:
-            logger.info("%s: no longer leading job store %r; its jobs stop here (a run already "
-                        "executing finishes)", identity, self._alias,
+            logger.info("%s: no longer leading job store %r; its jobs stop here (running "
+                        "coroutine jobs are cancelled)", identity, self._alias,
                         extra=self.elector.log_fields())
             code = EVENT_LEADERSHIP_LOST
         scheduler._dispatch_event(LeadershipEvent(code, self._alias, identity,
@@ -346,17 +408,19 @@ class LeaderOnlyJobStore(BaseJobStore):  # type: ignore[misc]
         if not self.shared:
             due = self.jobstore.get_due_jobs(now)
             # Checked after the read, not before: leadership may end while it runs.
-            if self.elector.is_leader:
+            current = self.elector.current_term
+            if current is not None:
                 self._count(due, "run")
-                return due  # type: ignore[no-any-return]
+                return [_bind(job, current) for job in due]
             self._skip(due, now)
             return []
         self._finish_pass()
+        current = self.elector.current_term
         term = self._term()
-        if term is None:
+        if term is None or current is None or current.fencing_token != term:
             return []
         due = self.jobstore.get_due_jobs(now)  # may be slow: the term may end meanwhile
-        claimed = self._claim(due, now, term)
+        claimed = self._claim(due, now, current)
         self._count(claimed, "run")
         return claimed
 
@@ -399,7 +463,7 @@ class LeaderOnlyJobStore(BaseJobStore):  # type: ignore[misc]
             return None
         return self.elector.fencing_token
 
-    def _claim(self, due: list[Any], now: datetime, term: int) -> list[Any]:
+    def _claim(self, due: list[Any], now: datetime, current: Term) -> list[Any]:
         """Move each due job on in the shared store before it runs: at most once, never twice.
 
         Every store write happens inside the leadership ``term`` the jobs were read in,
@@ -407,6 +471,7 @@ class LeaderOnlyJobStore(BaseJobStore):  # type: ignore[misc]
         the moment the scheduler hands the runs to its executors.
         """
         identity = self.elector.identity
+        term = current.fencing_token
         claims: list[_Claim] = []
         for index, job in enumerate(due):
             run_times = job._get_run_times(now)
@@ -447,7 +512,7 @@ class LeaderOnlyJobStore(BaseJobStore):  # type: ignore[misc]
                             scheduled, extra=self.elector.log_fields())
                 self._count([job], "not_claimed")
                 continue
-            claims.append(_Claim(job, following, term))
+            claims.append(_Claim(_bind(job, current), following, term))
         self._claims = {claim.job.id: claim for claim in claims}
         return [claim.job for claim in claims]
 
@@ -540,7 +605,7 @@ class LeaderOnlyJobStore(BaseJobStore):  # type: ignore[misc]
             # another replica since (if this one stopped leading meanwhile). A trigger with
             # jitter computes a different time on each call; the claimed one is just as valid.
             return
-        self.jobstore.update_job(job)
+        self.jobstore.update_job(_unbind(job))
 
     def remove_job(self, job_id: str) -> None:
         claim = self._claims.pop(job_id, None)

@@ -6,6 +6,7 @@ import functools
 import logging
 import sys
 from collections.abc import Callable
+from threading import get_ident
 from typing import Any, TypeVar, overload
 
 if sys.version_info >= (3, 10):
@@ -14,7 +15,8 @@ else:  # pragma: no cover
     from typing_extensions import ParamSpec
 
 from .election import Elector
-from .errors import ConfigurationError, NotLeaderError
+from .errors import ConfigurationError, LeadershipLost, NotLeaderError
+from .terms import _current, _sync_bodies, run_async_in_term, run_in_term
 
 logger = logging.getLogger(__name__)
 
@@ -51,12 +53,14 @@ def leader_only(elector: Callable[P, R], /) -> Callable[P, R | None]: ...
 def leader_only(
     elector: Elector | None = None, *, default: Any = None,
     on_skip: Callable[[], Any] | None = None, raise_on_skip: bool = False,
+    cancel_on_loss: bool = True,
 ) -> Callable[[Callable[P, R]], Callable[P, R | Any]]: ...
 
 
 def leader_only(
     elector: Any = None, *, default: Any = None,
     on_skip: Callable[[], Any] | None = None, raise_on_skip: bool = False,
+    cancel_on_loss: bool = True,
 ) -> Any:
     """Run the decorated function only while this replica leads; otherwise skip it.
 
@@ -64,7 +68,17 @@ def leader_only(
     ``@leader_only(elector)`` (or ``@leader_only(elector=elector)``) a given one. A skipped
     call returns ``default``, calls ``on_skip()`` if given, and logs at DEBUG; with
     ``raise_on_skip=True`` it raises :class:`NotLeaderError` instead. ``async def`` functions
-    stay coroutine functions. The check reads the elector's memory only: no I/O, no lock. The
+    stay coroutine functions. The check reads the elector's memory only: no I/O, no lock.
+
+    The body runs inside the leadership term that was current when it started:
+    :func:`~singleton_jobs.current_term` returns it (its fencing token, ``check()``, ``lost``).
+    When that term ends while an ``async def`` body runs, the body is cancelled (unless
+    ``cancel_on_loss=False``) — at the latest when the last successful renew is
+    ``renew_deadline`` old, before any other replica can lead. A body that ends with
+    :class:`LeadershipLost` (cancelled, or from ``current_term().check()``) is logged as a
+    WARNING and returns ``default`` (raises, with ``raise_on_skip=True``). A release of the
+    lease (at ``stop()``) waits for running bodies first, so the next leader never starts
+    while one still runs. The
     elector is exposed as ``wrapper.elector`` (None when the default is looked up per call),
     the counts of calls that ran and were skipped as ``wrapper.calls["run"]`` and
     ``wrapper.calls["skipped"]`` (exported as metrics by
@@ -75,18 +89,20 @@ def leader_only(
         :func:`set_default_elector`.
     """
     if callable(elector) and not isinstance(elector, Elector):
-        return _decorate(elector, None, default, on_skip, raise_on_skip)  # bare @leader_only
+        return _decorate(elector, None, default, on_skip, raise_on_skip,  # bare @leader_only
+                         cancel_on_loss)
     if elector is not None and not isinstance(elector, Elector):
         raise ConfigurationError(f"@leader_only() needs an Elector, not {elector!r}")
 
     def decorator(func: Callable[P, R]) -> Callable[P, Any]:
-        return _decorate(func, elector, default, on_skip, raise_on_skip)
+        return _decorate(func, elector, default, on_skip, raise_on_skip, cancel_on_loss)
 
     return decorator
 
 
 def _decorate(func: Callable[..., Any], elector: Elector | None, default: Any,
-              on_skip: Callable[[], Any] | None, raise_on_skip: bool) -> Callable[..., Any]:
+              on_skip: Callable[[], Any] | None, raise_on_skip: bool,
+              cancel_on_loss: bool) -> Callable[..., Any]:
     import inspect  # deferred: costs milliseconds at import, nothing per call
 
     from .observability import GuardCounts
@@ -124,15 +140,27 @@ def _decorate(func: Callable[..., Any], elector: Elector | None, default: Any,
             on_skip()
         return default
 
+    def lost(chosen: Elector, exc: LeadershipLost) -> Any:
+        logger.warning("%s: %s stopped: %s", chosen.identity, name, exc,
+                       extra=chosen.log_fields())
+        if raise_on_skip:
+            raise exc
+        return default
+
     if inspect.iscoroutinefunction(func):
         @functools.wraps(func)
         async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
             chosen = elector or _default_elector
             if chosen is None:
                 raise _no_default()
-            if chosen.is_leader:
+            term = chosen._current_term
+            if chosen.is_leader and term is not None:
                 next(ran)
-                return await func(*args, **kwargs)
+                try:
+                    return await run_async_in_term(term, func, args, kwargs,
+                                                   cancel=cancel_on_loss)
+                except LeadershipLost as exc:
+                    return lost(chosen, exc)
             return skip(chosen)
 
         async_wrapper.elector = elector  # type: ignore[attr-defined]
@@ -144,9 +172,21 @@ def _decorate(func: Callable[..., Any], elector: Elector | None, default: Any,
         chosen = elector or _default_elector
         if chosen is None:
             raise _no_default()
-        if chosen.is_leader:
+        term = chosen._current_term
+        if chosen.is_leader and term is not None:
             next(ran)
-            return func(*args, **kwargs)
+            try:
+                if _current.get() is not None:  # inside an asynchronous body
+                    return run_in_term(term, func, args, kwargs)
+                # run_in_term's usual case, inlined: this is the leader's per-call cost.
+                entry = (get_ident(), term)
+                _sync_bodies.append(entry)
+                try:
+                    return func(*args, **kwargs)
+                finally:
+                    _sync_bodies.remove(entry)
+            except LeadershipLost as exc:
+                return lost(chosen, exc)
         return skip(chosen)
 
     wrapper.elector = elector  # type: ignore[attr-defined]

@@ -37,6 +37,7 @@ from typing import Any, Protocol, runtime_checkable
 from .errors import ConfigurationError, LeadershipLost, NotLeaderError, SingletonJobsError
 from .lease import LeaseRecord, check_identity, default_identity
 from .store import LeaseStore, Snapshot, Version
+from .terms import Term
 
 logger = logging.getLogger(__name__)
 
@@ -332,6 +333,8 @@ class Elector:
         self._abdicate = threading.Event()
         self._start_failures = 0                    # on_started_leading raised this many times
         self._terms_led = 0                         # tags on_started_leading with its term
+        self._current_term: Term | None = None      # the term led last (see terms.py)
+        self._stopped_from: int | None = None       # the thread that called stop()
         self._release_on_stop = True
         self._thread: threading.Thread | None = None
         self._callbacks: queue.SimpleQueue[_Callback | None]
@@ -361,6 +364,13 @@ class Elector:
         """The lease's transition counter while leading (strictly increasing across leaders)."""
         term = self._term
         return term.transitions if term is not None and self.is_leader else None
+
+    @property
+    def current_term(self) -> Term | None:
+        """This replica's leadership term while it leads, else None (see
+        :class:`~singleton_jobs.Term`: its fencing token, ``check()``, ``lost``)."""
+        term = self._current_term
+        return term if term is not None and term.active else None
 
     @property
     def leader(self) -> str | None:
@@ -534,6 +544,7 @@ class Elector:
             self._owner_pid = os.getpid()
             self._running = True
             self._stop_requested = False
+            self._stopped_from = None
             self._stopping.clear()
             self._wake.clear()
             self._abdicate.clear()
@@ -583,6 +594,7 @@ class Elector:
                 return
             self._stop_requested = True
             self._release_on_stop = release
+            self._stopped_from = threading.get_ident()
             # Under the lock, so that a renew finishing now cannot extend leadership again.
             self._leading_until = -math.inf
             self._stopping.set()
@@ -605,8 +617,9 @@ class Elector:
 
     def _stop_budget(self) -> float:
         """How long stop() waits for the election thread: an attempt in flight (up to three
-        store calls of renew_deadline each), usually much less, then the release."""
-        return 3 * self.renew_deadline + self.retry_period
+        store calls of renew_deadline each), usually much less, then the running job bodies
+        (at most until the lease expires) and the release."""
+        return 3 * self.renew_deadline + self.retry_period + self.lease_duration
 
     def __enter__(self) -> Elector:
         return self.start()
@@ -1006,12 +1019,15 @@ class Elector:
         with self._changed:
             if self._stopping.is_set():
                 return False
+            # The term first, the deadline second: Term.active relies on that order.
+            self._terms_led += 1
+            self._current_term = Term(self, self._terms_led,
+                                      self._term.transitions if self._term else -1)
             self._leading_until = started + self.renew_deadline
             self._renewed_at = started
             # A new leader gets a whole liveness_timeout: followers need not heartbeat.
             self._heartbeat_at = max(self._heartbeat_at, started)
             self._leading = True
-            self._terms_led += 1
             self._abdicate.clear()  # a late failure of an earlier term must not end this one
             self._changed.notify_all()
         self._log(logging.INFO, "%s: became leader of %s (fencing token %s)", self.identity,
@@ -1032,6 +1048,9 @@ class Elector:
             if was_leading:
                 self.counts.step_downs[kind] = self.counts.step_downs.get(kind, 0) + 1
             self._changed.notify_all()
+        term = self._current_term
+        if term is not None:
+            term._end()  # cancels asynchronous bodies, wakes the ones waiting on term.lost
         if was_leading:
             self._log(level, "%s: stopped leading %s: %s", self.identity, self.store.name, reason)
             self._notify("on_stopped_leading", self.on_stopped_leading)
@@ -1049,6 +1068,10 @@ class Elector:
     def _release_if_ours(self) -> None:
         if self._leading:
             self._step_down("elector stopped", "stopped", logging.INFO)
+        snapshot = self._snapshot
+        if snapshot is None or self._absent_since is not None or not self._is_ours(snapshot[0]):
+            return
+        self._wait_for_bodies()
         snapshot = self._snapshot
         if snapshot is None or self._absent_since is not None or not self._is_ours(snapshot[0]):
             return
@@ -1070,6 +1093,33 @@ class Elector:
         if version is not None:
             self._observe(released, version)
             self._log(logging.INFO, "%s: released %s", self.identity, self.store.name)
+
+    def _wait_for_bodies(self) -> None:
+        """Before a release: let the guarded bodies of the term that just ended finish, so the
+        next leader never starts while one still runs. Bounded by the moment the lease would
+        expire anyway; a body running on the thread that called stop() is not waited for."""
+        term = self._current_term
+        if term is None:
+            return
+        exempt = self._stopped_from
+        deadline = self._renewed_at + self.lease_duration
+        waited = False
+        while self._monotonic() < deadline:
+            running = [ident for ident in term._threads_of_bodies() if ident != exempt]
+            if not running:
+                break
+            if not waited:
+                waited = True
+                self._log(logging.INFO, "%s: waiting for %d running job bod%s of term %s to end "
+                          "before releasing %s", self.identity, len(running),
+                          "y" if len(running) == 1 else "ies", term.fencing_token,
+                          self.store.name)
+            time.sleep(min(0.01, max(deadline - self._monotonic(), 0.0)))
+        else:
+            if waited:
+                self._log(logging.WARNING, "%s: job bodies of term %s still run when lease %s "
+                          "expires; releasing it", self.identity, term.fencing_token,
+                          self.store.name)
 
     # -- callbacks ----------------------------------------------------------------------------
 

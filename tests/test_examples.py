@@ -50,3 +50,37 @@ def test_shared_store_example_exits_cleanly_on_ctrl_c_during_start_up(
     replica.signal(signal.SIGINT)
     assert replica.popen.wait(20) == 0, replica.output()
     assert "Traceback" not in replica.output()
+
+
+def test_fenced_writes_example_refuses_the_late_write_of_a_paused_leader(
+        spawn: Callable[..., Process], fresh_postgres_database: str) -> None:
+    import sqlalchemy
+
+    timings = ["--lease-duration", "2", "--renew-deadline", "1", "--retry-period", "0.1"]
+    script = str(EXAMPLES / "fenced_writes.py")
+    first = spawn(script, fresh_postgres_database, "--work-seconds", "2", *timings)
+    computing = first.wait_for_line(lambda line: line.startswith("COMPUTING"), 30)
+    assert computing, first.output()
+    second = spawn(script, fresh_postgres_database, "--work-seconds", "0.2", *timings)
+    assert second.wait_for_line(lambda line: line.startswith("STARTED"), 30), second.output()
+    # Paused between its leadership check and its write; replaced while it sleeps.
+    first.signal(signal.SIGSTOP)
+    wrote = second.wait_for_line(lambda line: line.startswith("WROTE"), 30)
+    assert wrote, second.output()
+    first.signal(signal.SIGCONT)  # it wakes up and writes with its old token
+    old_token = int(computing.split()[2])
+    refused = first.wait_for_line(lambda line: line.startswith("REFUSED"), 30)
+    assert refused and refused.startswith(f"REFUSED token {old_token} batch 1: the table holds "
+                                          "token "), first.output()
+    new_token = int(wrote.split()[2])
+    assert new_token > old_token
+    engine = sqlalchemy.create_engine(fresh_postgres_database)
+    with engine.connect() as connection:
+        body, fence = connection.execute(
+            sqlalchemy.text("SELECT body, fence FROM fenced_report")).one()
+    engine.dispose()
+    assert fence >= new_token and f"by replica-{second.pid}" in body
+    for process in (first, second):
+        process.signal(signal.SIGTERM)  # exit_on_sigterm(): unwinds, releases, exits 143
+        assert process.popen.wait(20) == 128 + signal.SIGTERM, process.output()
+    assert "Traceback" not in first.output() + second.output()
