@@ -13,13 +13,14 @@ from datetime import timezone
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from singleton_jobs import FileElector
+from singleton_jobs import FileElector, current_term
 from singleton_jobs.apscheduler import LeaderOnlyJobStore
 
 
-async def refresh_exchange_rates(elector: FileElector) -> None:
-    await asyncio.sleep(0.1)  # stands for an HTTP call
-    print(f"[{os.getpid()}] rates refreshed (fencing token {elector.fencing_token})", flush=True)
+async def refresh_exchange_rates() -> None:
+    await asyncio.sleep(0.1)  # stands for an HTTP call; cancelled here if leadership ends
+    token = current_term().fencing_token  # the term this run belongs to
+    print(f"[{os.getpid()}] rates refreshed (fencing token {token})", flush=True)
 
 
 async def main() -> None:
@@ -29,8 +30,7 @@ async def main() -> None:
     scheduler = AsyncIOScheduler(timezone=timezone.utc)
     # A per-replica MemoryJobStore (the default): followers keep the schedule moving.
     scheduler.add_jobstore(LeaderOnlyJobStore(elector), "leader")
-    scheduler.add_job(refresh_exchange_rates, "interval", seconds=2, args=[elector],
-                      jobstore="leader")
+    scheduler.add_job(refresh_exchange_rates, "interval", seconds=2, jobstore="leader")
     scheduler.start()
     try:
         await asyncio.Event().wait()

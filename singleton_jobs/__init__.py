@@ -21,6 +21,7 @@ from .errors import (
     SingletonJobsError,
 )
 from .lease import LeaseRecord
+from .once import RunOnceError, RunOnceFailed, RunOnceTimeout, run_once
 from .store import LeaseStore
 from .terms import Term, TermLost, current_term
 
@@ -47,6 +48,9 @@ __all__ = [
     "NotLeaderError",
     "RedisElector",
     "RedisLeaseStore",
+    "RunOnceError",
+    "RunOnceFailed",
+    "RunOnceTimeout",
     "SQLElector",
     "SQLLeaseStore",
     "SingletonJobsError",
@@ -60,6 +64,7 @@ __all__ = [
     "exit_on_sigterm",
     "get_default_elector",
     "leader_only",
+    "run_once",
     "set_default_elector",
 ]
 

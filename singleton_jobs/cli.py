@@ -100,10 +100,14 @@ def build_parser() -> argparse.ArgumentParser:
                     "whether it is valid. Validity is judged by the writer's wall clock "
                     "(renew time + lease duration), so clock skew between the writer and this "
                     "host shifts it.",
-        epilog="exit status: 0 a valid holder exists; 1 nobody leads (no lease yet, released, "
-               "expired or unreadable); 2 the lease could not be read (bad option, server "
+        epilog="exit status: 0 a valid holder exists (with --once: or the key's job completed); "
+               "1 nobody leads (no lease yet, released, expired or unreadable; with --once: "
+               "or its last run failed); 2 the lease could not be read (bad option, server "
                "unreachable, missing extra), with the reason on stderr")
     _add_lease_arguments(status)
+    status.add_argument("--once", metavar="KEY",
+                        help="read the lease of this run_once() key (beside the lease) instead: "
+                             "who runs it, or whether it completed or failed")
     status.add_argument("--timeout", type=_positive_seconds, default=10.0, metavar="SECONDS",
                         help="give up reading the lease after this long (default: 10)")
     status.add_argument("--json", action="store_true",
@@ -349,7 +353,8 @@ def _utc(seconds: float) -> str | None:
 def lease_status(snapshot: Snapshot | None, now: float) -> dict[str, Any]:
     """What ``status`` reports about ``snapshot`` at wall-clock time ``now``.
 
-    ``state`` is ``absent``, ``unreadable``, ``released``, ``expired`` or ``held``; only
+    ``state`` is ``absent``, ``unreadable``, ``released``, ``expired`` or ``held`` (for the
+    lease of a ``run_once`` key also ``completed`` or ``failed``); only
     ``held`` is ``valid``: a readable record with a holder and ``now < renew_time +
     lease_duration``. That is the writer's clock against ours; an elector never trusts it (it
     times the record's changes on its own clock), but a single read has nothing else. A record
@@ -372,6 +377,9 @@ def lease_status(snapshot: Snapshot | None, now: float) -> dict[str, Any]:
     if record.released:
         fields["state"] = "released"
         return fields
+    if record.mark:
+        fields["state"] = record.holder.strip()  # completed / failed: nobody holds it
+        return fields
     fields["holder"] = record.holder
     valid = False
     if record.lease_duration > 0:
@@ -393,6 +401,12 @@ def _status_lines(where: str, record: LeaseRecord | None, fields: dict[str, Any]
         return [where, "  holder:      unreadable content (treated as held by nobody valid)",
                 "  lease:       unreadable: a replica takes it over one lease duration after "
                 "it saw it"]
+    if state == "completed":
+        return [where, "  completed:   the job of this key ran to its end "
+                f"(fencing token {record.transitions}); run_once() never runs it again"]
+    if state == "failed":
+        return [where, "  failed:      the last run of this key raised (fencing token "
+                f"{record.transitions}); the next call of run_once() runs it again"]
     lines = [where, f"  holder:      {fields['holder'] or 'nobody (released)'}",
              f"  fencing token: {record.transitions}"]
     ago = fields["renewed_seconds_ago"]
@@ -424,6 +438,9 @@ def run_status(args: argparse.Namespace) -> int:
     :raises SingletonJobsError: the options are unusable or the lease could not be read.
     """
     store, lease, where = _status_store(args)
+    if args.once is not None:
+        store = store.sibling(args.once)
+        lease, where = store.name, f"run_once({args.once!r}) lease: {store.name}"
     try:
         snapshot = store.get(timeout=args.timeout)
     except LeaseStoreError as exc:
@@ -435,7 +452,7 @@ def run_status(args: argparse.Namespace) -> int:
     else:
         print("\n".join(_status_lines(where, None if snapshot is None else snapshot[0],
                                        fields)))
-    return 0 if fields["valid"] else 1
+    return 0 if fields["valid"] or fields["state"] == "completed" else 1
 
 
 #: What to check when a lease cannot be read, by backend.

@@ -381,7 +381,7 @@ class Elector:
         if snapshot is None or self._absent_since is not None:
             return None
         record = snapshot[0]
-        if not record.readable or record.released or self._is_ours(record):
+        if not record.readable or record.released or record.mark or self._is_ours(record):
             return None
         return record.holder
 
@@ -991,7 +991,7 @@ class Elector:
                                else record.lease_duration)
         if not written and record.holder == self.identity and not self._is_ours(record):
             self._report_same_identity(changed=same_term and not was_absent)
-        new_holder = record.holder if record.readable else ""
+        new_holder = record.holder if record.readable and not record.mark else ""
         if new_holder and (previous is None or not same_term):
             self.counts.leader_changes += 1
             self._log(logging.INFO, "%s: new leader of %s is %s", self.identity, self.store.name,

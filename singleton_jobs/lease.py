@@ -14,6 +14,13 @@ UNKNOWN_HOLDER = "\x00unknown"
 
 MAX_IDENTITY_LENGTH = 253
 
+#: Holders of records that are marks, not leases: the lease of a ``run_once`` key whose job has
+#: completed, or whose last run failed. They start with a space, so no valid identity (and no
+#: replica) can ever equal them; every backend stores them as it stores an identity.
+COMPLETED_MARK = " completed"
+FAILED_MARK = " failed"
+MARKS = (COMPLETED_MARK, FAILED_MARK)
+
 
 class LeaseRecord(NamedTuple):
     """One lease: who holds it, for how long, and how often it changed hands.
@@ -38,6 +45,12 @@ class LeaseRecord(NamedTuple):
     def released(self) -> bool:
         """True when the last holder gave the lease up; it may be taken at once."""
         return self.holder == ""
+
+    @property
+    def mark(self) -> bool:
+        """True for a record that marks a ``run_once`` key completed or failed: nobody holds
+        it (see :data:`COMPLETED_MARK`)."""
+        return self.holder in MARKS
 
     @property
     def readable(self) -> bool:
@@ -65,6 +78,14 @@ def identity_problem(identity: object) -> str | None:
     if identity != identity.strip():
         return "has leading or trailing whitespace"
     return None
+
+
+def holder_problem(holder: object) -> str | None:
+    """Why ``holder`` cannot be stored as a record's holder: an identity, ``""`` (released) or
+    a mark are allowed."""
+    if holder == "" or holder in MARKS:
+        return None
+    return identity_problem(holder)
 
 
 def check_identity(identity: object) -> str:

@@ -12,9 +12,12 @@ The layers read top-down: guards (``decorators``, ``apscheduler``) use the engin
 from __future__ import annotations
 
 import abc
+import hashlib
 import os
+import re
 from collections.abc import Callable, Hashable
 
+from .errors import ConfigurationError
 from .lease import LeaseRecord
 
 #: Opaque token naming one stored state of the record (a counter, the file's bytes, a
@@ -101,7 +104,27 @@ class LeaseStore(abc.ABC):
         """
         return None
 
+    def sibling(self, key: str) -> LeaseStore:
+        """A store for another lease beside this one, in the same storage: ``run_once`` keeps
+        one lease per key there (see :func:`once_name`).
+
+        :raises ConfigurationError: this store cannot keep other leases.
+        """
+        raise ConfigurationError(f"{type(self).__name__} cannot keep other leases beside its "
+                                 "own, which run_once() needs: implement LeaseStore.sibling()")
+
     @property
     def name(self) -> str:
         """Where the lease lives, for log lines and error messages."""
         return type(self).__name__
+
+
+def once_name(name: str, key: str, limit: int) -> str:
+    """The name of the lease of the ``run_once`` key ``key`` beside the lease ``name``:
+    ``<name>-once-<key as lowercase letters, digits and '-'>-<8 hex digits of its hash>``, at
+    most ``limit`` characters. It is a valid name on every backend (a DNS subdomain for a
+    Kubernetes Lease if ``name`` is one), and distinct keys get distinct names."""
+    slug = re.sub(r"[^a-z0-9]+", "-", key.lower()).strip("-")[:40].strip("-")
+    digest = hashlib.sha256(key.encode()).hexdigest()[:8]
+    suffix = f"-once-{slug}-{digest}" if slug else f"-once-{digest}"
+    return name[:max(limit - len(suffix), 1)].rstrip("-.") + suffix

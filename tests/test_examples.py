@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import HERE, Process
+from conftest import HERE, Process, wait_until
 
 EXAMPLES = HERE.parent / "examples"
 
@@ -84,3 +84,34 @@ def test_fenced_writes_example_refuses_the_late_write_of_a_paused_leader(
         process.signal(signal.SIGTERM)  # exit_on_sigterm(): unwinds, releases, exits 143
         assert process.popen.wait(20) == 128 + signal.SIGTERM, process.output()
     assert "Traceback" not in first.output() + second.output()
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_migrate_then_schedule_example_migrates_once_and_every_replica_waits_for_it(
+        spawn: Callable[..., Process], tmp_path: Path, database: str,
+        request: pytest.FixtureRequest) -> None:
+    url = f"sqlite:///{tmp_path / 'service.sqlite'}"
+    if database == "postgresql":
+        url = request.getfixturevalue("fresh_postgres_database")
+    env = {**os.environ, "XDG_RUNTIME_DIR": str(tmp_path), "JOBS_DATABASE": url,
+           "MIGRATION_SECONDS": "1"}
+    script = str(EXAMPLES / "migrate_then_schedule.py")
+    fleet = [spawn(script, env=env) for _ in range(3)]
+    for replica in fleet:
+        assert replica.wait_for_line(lambda line: "schema ready" in line, 60), replica.output()
+    migrated = [r for r in fleet if "migrating the schema" in r.output()]
+    assert len(migrated) == 1
+    done_at = next(at for at, line in migrated[0].lines if "schema migrated" in line)
+    for replica in fleet:  # nobody went on before the migration was over
+        ready_at = next(at for at, line in replica.lines if "schema ready" in line)
+        assert ready_at >= done_at
+    assert wait_until(lambda: any("report written" in r.output() for r in fleet), 30), \
+        "\n".join(r.output() for r in fleet)
+    late = spawn(script, env=env)  # next week's restart
+    assert late.wait_for_line(lambda line: "schema ready (by another replica)" in line, 30), \
+        late.output()
+    assert "migrating" not in late.output()
+    for replica in [*fleet, late]:
+        replica.signal(signal.SIGINT)
+        assert replica.popen.wait(20) == 0, replica.output()
+    assert "Traceback" not in "".join(r.output() for r in [*fleet, late])

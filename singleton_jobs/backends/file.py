@@ -36,8 +36,8 @@ from typing import TYPE_CHECKING, Any, Union
 
 from ..election import Elector
 from ..errors import ConfigurationError, LeaseStoreError
-from ..lease import LeaseRecord, identity_problem, unreadable_record
-from ..store import LeaseStore, Snapshot, Version
+from ..lease import LeaseRecord, holder_problem, unreadable_record
+from ..store import LeaseStore, Snapshot, Version, once_name
 
 if TYPE_CHECKING:
     import filelock
@@ -151,7 +151,7 @@ def parse_record(data: bytes, now: float | None = None) -> LeaseRecord:
         holder, colon, stamp = first.rpartition(":")
         if not colon:
             raise ValueError("no colon")
-        if holder and identity_problem(holder) is not None:
+        if holder_problem(holder) is not None:
             raise ValueError("invalid holder")
         renew_time = _timestamp(stamp, now)
         fields = {}
@@ -209,6 +209,10 @@ class FileLeaseStore(LeaseStore):
         self._filelock = filelock
         self._tmp_prefix = f".{os.path.basename(self.path)}."
         self._pid = os.getpid()  # the process this store's lock object belongs to
+
+    def sibling(self, key: str) -> FileLeaseStore:
+        """``<path>-once-<key>-<hash>`` beside the lease file."""
+        return FileLeaseStore(once_name(self.path, key, 4096), mode=self.mode)
 
     @property
     def name(self) -> str:

@@ -74,7 +74,7 @@ from typing import Any, NamedTuple
 from ..election import Elector
 from ..errors import ConfigurationError, LeaseStoreError, SingletonJobsError
 from ..lease import LeaseRecord, unreadable_record
-from ..store import LeaseStore, Snapshot, Version
+from ..store import LeaseStore, Snapshot, Version, once_name
 
 logger = logging.getLogger(__name__)
 
@@ -351,6 +351,11 @@ class KubernetesLeaseStore(LeaseStore):
         # The Lease object (the server's JSON) from the last read or write: a renew sends it
         # back with only the spec changed, as client-go does, so it needs no read first.
         self._lease: dict[str, Any] | None = None
+
+    def sibling(self, key: str) -> KubernetesLeaseStore:
+        """The Lease ``<name>-once-<key>-<hash>`` in the same namespace."""
+        return KubernetesLeaseStore(once_name(self.lease_name, key, MAX_NAME_LENGTH),
+                                    namespace=self.namespace, api_client=self._api_client)
 
     @property
     def name(self) -> str:

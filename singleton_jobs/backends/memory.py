@@ -10,7 +10,7 @@ import itertools
 import threading
 
 from ..lease import LeaseRecord
-from ..store import LeaseStore, Snapshot, Version
+from ..store import LeaseStore, Snapshot, Version, once_name
 
 
 class MemoryLeaseStore(LeaseStore):
@@ -21,6 +21,7 @@ class MemoryLeaseStore(LeaseStore):
         self._versions = itertools.count(1)
         self._snapshot: Snapshot | None = None
         self._highest = -1
+        self._siblings: dict[str, MemoryLeaseStore] = {}
 
     def get(self, *, timeout: float = 0.0) -> Snapshot | None:
         return self._snapshot
@@ -44,6 +45,10 @@ class MemoryLeaseStore(LeaseStore):
             self._snapshot = (record, next(self._versions))
             self._highest = max(self._highest, record.transitions)
             return self._snapshot[1]
+
+    def sibling(self, key: str) -> MemoryLeaseStore:
+        with self._lock:
+            return self._siblings.setdefault(once_name("memory", key, 200), MemoryLeaseStore())
 
     @property
     def name(self) -> str:

@@ -73,8 +73,8 @@ from typing import Any
 
 from ..election import Elector
 from ..errors import ConfigurationError, LeaseStoreError
-from ..lease import LeaseRecord, identity_problem, unreadable_record
-from ..store import LeaseStore, Snapshot, Version
+from ..lease import LeaseRecord, holder_problem, unreadable_record
+from ..store import LeaseStore, Snapshot, Version, once_name
 
 logger = logging.getLogger(__name__)
 
@@ -220,7 +220,7 @@ def record_from_hash(fields: dict[bytes, bytes]) -> LeaseRecord:
         return unreadable_record(transitions or 0)
     try:
         holder = fields[b"holder"].decode("utf-8")
-        if holder and identity_problem(holder) is not None:
+        if holder_problem(holder) is not None:
             raise ValueError("invalid holder")
         lease_duration, acquire_time, renew_time = (
             _finite(fields[field]) for field in (b"lease_duration", b"acquire_time",
@@ -245,7 +245,7 @@ def _record_args(record: LeaseRecord) -> list[str]:
 
     :raises ConfigurationError: a value that cannot be a lease record.
     """
-    problem = identity_problem(record.holder) if record.holder else None
+    problem = holder_problem(record.holder)
     if problem is not None:
         raise ConfigurationError(f"holder {record.holder!r} {problem}")
     transitions = record.transitions
@@ -312,6 +312,7 @@ class RedisLeaseStore(LeaseStore):
         self._no_retry: Any = importlib.import_module("redis.retry").Retry(
             importlib.import_module("redis.backoff").NoBackoff(), 0)
         self._connection_class, self._settings = self._parse_target(redis, url_or_client)
+        self._target = url_or_client
         self.lease_name: str = name
         self.key_prefix: str = key_prefix
         self.record_key: str = record_key(key_prefix, name)
@@ -349,6 +350,11 @@ class RedisLeaseStore(LeaseStore):
                                      f"not supported: the elector runs in a thread; {fix}")
         raise ConfigurationError(f"url_or_client must be a Redis URL or a redis.Redis client, "
                                  f"not {kind.__name__}; {fix}")
+
+    def sibling(self, key: str) -> RedisLeaseStore:
+        """The lease ``<name>-once-<key>-<hash>`` with the same key prefix and client."""
+        return RedisLeaseStore(self._target, once_name(self.lease_name, key, MAX_NAME_LENGTH),
+                               key_prefix=self.key_prefix)
 
     @property
     def name(self) -> str:

@@ -67,8 +67,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..election import Elector
 from ..errors import ConfigurationError, LeaseStoreError
-from ..lease import LeaseRecord, identity_problem, unreadable_record
-from ..store import LeaseStore, Snapshot, Version
+from ..lease import LeaseRecord, holder_problem, unreadable_record
+from ..store import LeaseStore, Snapshot, Version, once_name
 
 try:
     import sqlalchemy as sa
@@ -133,7 +133,7 @@ def _parse_row(row: Any) -> LeaseRecord:
     holder, duration, acquired, renewed, transitions = row[:5]
     counter = transitions if isinstance(transitions, int) and transitions >= 0 else 0
     try:
-        if not isinstance(holder, str) or (holder and identity_problem(holder) is not None):
+        if not isinstance(holder, str) or holder_problem(holder) is not None:
             raise ValueError("bad holder")
         duration = float(duration)
         if not all(isinstance(v, int) and v >= 0 for v in (acquired, renewed, transitions)):
@@ -351,6 +351,7 @@ class SQLLeaseStore(LeaseStore):
         else:
             raise ConfigurationError(f"url_or_engine must be a database URL or a SQLAlchemy "
                                      f"Engine, not {type(url_or_engine).__name__}")
+        self._target = url_or_engine
         self.lease_name = name
         self.table_name = table
         self.dialect = url.get_backend_name()
@@ -371,6 +372,11 @@ class SQLLeaseStore(LeaseStore):
         ).where(self._leases.c.name == name)
         self._floor_read: int | None | _Unset = _UNSET  # the fence of the last get(), once
         self._statements = _Statements(self._leases, self._fence, self.dialect)
+
+    def sibling(self, key: str) -> SQLLeaseStore:
+        """The row ``<name>-once-<key>-<hash>`` of the same table, on the same engine."""
+        return SQLLeaseStore(self._target, once_name(self.lease_name, key, MAX_NAME_LENGTH),
+                             table=self.table_name)
 
     @property
     def name(self) -> str:

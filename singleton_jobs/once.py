@@ -1,0 +1,233 @@
+"""``run_once``: one-off jobs, such as a schema migration at deploy time, run once per fleet.
+
+Each key has a lease of its own beside the elector's (same storage, same timings: see
+:meth:`LeaseStore.sibling <singleton_jobs.LeaseStore.sibling>`). Every caller campaigns for
+the key's lease, whoever leads the elector's own lease, so a rolling deploy whose leader is
+still the old version never hangs the new replicas. The caller that wins runs the function in
+that lease's term; the others wait. When the function returns, the runner replaces its own
+term's record with a *completed* mark by a compare-and-swap: it succeeds only if nobody took
+the key over meanwhile. The mark never expires and no replica can take it, so the key never
+runs again, across restarts. A runner that dies leaves a lease that expires like any other,
+and the next caller runs the function again.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from .election import Elector
+from .errors import ConfigurationError, LeadershipLost, LeaseStoreError, SingletonJobsError
+from .lease import COMPLETED_MARK, FAILED_MARK, LeaseRecord
+from .store import LeaseStore
+from .terms import run_in_term
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class RunOnceError(SingletonJobsError):
+    """``run_once`` could not see its key completed: see the subclasses."""
+
+
+class RunOnceFailed(RunOnceError):
+    """The function raised in the replica that ran it while this one waited."""
+
+
+class RunOnceTimeout(RunOnceError, TimeoutError):
+    """The key was not completed within the ``timeout`` given to ``run_once``."""
+
+
+class _KeyElector(Elector):
+    """The elector of one key's lease: never takes over a mark, except the failed mark it
+    found when the call began (a later call retries a failed run; a waiting one does not)."""
+
+    def __init__(self, store: LeaseStore, **options: Any) -> None:
+        super().__init__(store, **options)
+        self.observed = threading.Event()      # set at every read of the store
+        self.retry_failed: int | None = None   # transitions of the failed mark found at first
+        self.reads = 0                         # reads (or writes) that told what is stored
+        self._first_read = True
+
+    def _observe(self, record: LeaseRecord, version: Any, *, written: bool = False) -> None:
+        if self._first_read:
+            self._first_read = False
+            if record.holder == FAILED_MARK:
+                self.retry_failed = record.transitions
+        super()._observe(record, version, written=written)
+        self.reads += 1
+        self.observed.set()
+
+    def _expires_at(self) -> float:
+        record = self.mark()
+        if record is not None:
+            if record.holder == FAILED_MARK and record.transitions == self.retry_failed:
+                return -math.inf  # a failed run found at the start: take it now and retry
+            return math.inf       # completed, or failed while this call waited: never taken
+        return super()._expires_at()
+
+    def mark(self) -> LeaseRecord | None:
+        """The mark the store held at the last read, or None."""
+        snapshot = self._snapshot
+        if snapshot is None or self._absent_since is not None or not snapshot[0].mark:
+            return None
+        return snapshot[0]
+
+
+def run_once(elector: Elector, key: str, func: Callable[..., T], *args: Any,
+             timeout: float | None = None, **kwargs: Any) -> bool:
+    """Run ``func(*args, **kwargs)`` on exactly one replica for ``key``, once for good.
+
+    Every replica calls it with the same ``key`` (for example ``"migrate:0042"``); one of them
+    runs ``func`` and the others block until it has completed; then all return. A replica that
+    calls it later returns at once. Returns True in the replica whose run completed the key,
+    False in the others.
+
+    * The runner is whichever caller wins the key's own lease (beside ``elector``'s lease, in
+      the same storage, with its identity and timings), not the leader of ``elector``'s lease:
+      a leader that never calls ``run_once`` for the key (the old version, during a rolling
+      deploy) does not hold it up. ``elector`` need not be running.
+    * If the runner dies or loses the key's lease before ``func`` returns, another caller runs
+      it again (after one lease duration): ``func`` must be idempotent or transactional. Inside
+      it :func:`~singleton_jobs.current_term` gives the key lease's term: ``check()`` stops
+      a runner that lost it; its ``fencing_token`` orders the runs.
+    * The completed mark is written by a compare-and-swap on the runner's own record: a runner
+      that lost the key to another replica (and finished anyway) does not mark it; it waits for
+      the other run like everybody else.
+    * If ``func`` raises, the runner marks the key failed and re-raises; every replica waiting
+      for that run raises :class:`RunOnceFailed` (no retry storm); the next call of
+      ``run_once`` for the key (a restart, the next deploy) runs it again.
+
+    ``timeout`` (seconds) bounds the wait for another replica's run (:class:`RunOnceTimeout`);
+    the runner's own ``func`` is never interrupted by it. A ``func`` keyword argument named
+    ``timeout`` must be bound with :func:`functools.partial`.
+
+    :raises RunOnceFailed: the run this replica waited for raised in the replica that ran it.
+    :raises RunOnceTimeout: ``timeout`` passed before the key was completed.
+    :raises ConfigurationError: ``key`` is empty, ``elector`` is not an Elector, or its store
+        cannot keep other leases.
+    """
+    if not isinstance(elector, Elector):
+        raise ConfigurationError(f"run_once() needs an Elector, not {elector!r}")
+    if not isinstance(key, str) or not key.strip():
+        raise ConfigurationError(f"run_once() needs a non-empty key string naming the job, "
+                                 f"e.g. 'migrate:0042', not {key!r}")
+    if timeout is not None and not timeout >= 0:
+        raise ConfigurationError(f"timeout ({timeout!r}) must be a number of seconds >= 0")
+    if elector._inherited():
+        raise elector._inherited_error()
+    store = elector.store.sibling(key)
+    keeper = _KeyElector(store, identity=elector.identity,
+                         lease_duration=elector.lease_duration,
+                         renew_deadline=elector.renew_deadline,
+                         retry_period=elector.retry_period)
+    deadline = math.inf if timeout is None else time.monotonic() + timeout
+    keeper.start()
+    try:
+        return _run(keeper, key, func, args, kwargs, deadline, timeout)
+    finally:
+        keeper.stop()
+
+
+def _run(keeper: _KeyElector, key: str, func: Callable[..., Any], args: tuple[Any, ...],
+         kwargs: dict[str, Any], deadline: float, timeout: float | None) -> bool:
+    identity = keeper.identity
+    waiting_logged = False
+    while True:
+        mark = keeper.mark()
+        if mark is not None and mark.holder == COMPLETED_MARK:
+            logger.info("%s: %s %s (lease %s)", identity, key, "completed by another replica"
+                        if waiting_logged else "already completed", keeper.store.name)
+            return False
+        if mark is not None and mark.transitions != keeper.retry_failed:
+            raise RunOnceFailed(
+                f"{key} failed in the replica that ran it (see that replica's log); the next "
+                f"call of run_once() for {key!r} runs it again")
+        term = keeper.current_term
+        if term is not None:
+            if _run_as_runner(keeper, key, func, args, kwargs, term, deadline):
+                return True
+            continue  # lost the key to another replica meanwhile: wait for its run
+        if keeper.leader is not None and not waiting_logged:
+            waiting_logged = True
+            logger.info("%s: waiting for %s, which %s is running", identity, key,
+                        keeper.leader)
+        remaining = deadline - time.monotonic()
+        # Not before the store was read once (within its call timeouts): what it holds decides.
+        if remaining <= 0 and (keeper.reads or -remaining > 2 * keeper.renew_deadline):
+            runner = keeper.leader
+            raise RunOnceTimeout(
+                f"{key} was not completed within the timeout ({timeout:g}s); "
+                + (f"{runner} is running it" if runner else "nobody is running it (the "
+                   f"lease {keeper.store.name} could not be read or taken)"))
+        keeper.observed.wait(max(min(remaining, keeper.retry_period), 0.01))
+        keeper.observed.clear()
+
+
+def _run_as_runner(keeper: _KeyElector, key: str, func: Callable[..., Any],
+                   args: tuple[Any, ...], kwargs: dict[str, Any], term: Any,
+                   deadline: float) -> bool:
+    """Run ``func`` in ``term`` and mark the key; False if the key was lost to another
+    replica before the mark could be written."""
+    identity = keeper.identity
+    logger.info("%s: running %s (fencing token %s)", identity, key, term.fencing_token)
+    started = time.monotonic()
+    try:
+        run_in_term(term, func, args, kwargs)
+    except LeadershipLost as exc:  # from current_term().check(): the run stopped half-way
+        logger.warning("%s: %s stopped: %s; it runs again wherever the key's lease goes next",
+                       identity, key, exc)
+        keeper.stop(release=True)
+        keeper.start()
+        return False
+    except Exception as exc:
+        if _mark(keeper, FAILED_MARK, deadline):
+            logger.error("%s: %s raised %s: marked failed; the replicas waiting for it raise "
+                         "RunOnceFailed, the next call of run_once() runs it again", identity,
+                         key, type(exc).__name__)
+        raise
+    if _mark(keeper, COMPLETED_MARK, deadline):
+        logger.info("%s: %s completed in %.3gs", identity, key, time.monotonic() - started)
+        return True
+    logger.warning("%s: %s finished here, but another replica took it over meanwhile (this "
+                   "replica lost the lease %s): not marking it completed; waiting for that "
+                   "run", identity, key, keeper.store.name)
+    keeper.start()  # campaign and observe again, as a waiter
+    return False
+
+
+def _mark(keeper: _KeyElector, holder: str, deadline: float) -> bool:
+    """Replace this runner's own record by the mark ``holder``; False if the store holds
+    another term (somebody took the key over). Retries store failures until ``deadline`` (a
+    store that stays away longer than a lease lets somebody else take over, which the
+    compare-and-swap then sees)."""
+    keeper.stop(release=False)  # no renew may race the mark
+    snapshot, term = keeper._snapshot, keeper._term
+    if snapshot is None or term is None:
+        return False
+    version: Any = snapshot[1]
+    mark = term._replace(holder=holder, renew_time=round(time.time(), 6))
+    timeout = keeper._call_timeout()
+    while True:
+        try:
+            if keeper._is_ours(snapshot[0]) and keeper.store.update(mark, version,
+                                                                   timeout=timeout) is not None:
+                return True
+            fresh = keeper.store.get(timeout=timeout)
+        except LeaseStoreError as exc:
+            if time.monotonic() >= deadline:
+                raise RunOnceTimeout(f"could not mark {keeper.store.name} {holder.strip()}: "
+                                     f"{exc}") from exc
+            logger.warning("%s: could not mark %s %s yet: %s", keeper.identity,
+                           keeper.store.name, holder.strip(), exc)
+            time.sleep(keeper.retry_period)
+            continue
+        if fresh is None or not keeper._is_ours(fresh[0]):
+            return False
+        snapshot = fresh
+        version = fresh[1]
