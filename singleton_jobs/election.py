@@ -580,7 +580,10 @@ class Elector:
         ``on_stopped_leading`` and the listeners are called if this replica was leading.
 
         With ``release`` (the default) a held lease is released, so a follower takes over
-        within one retry period instead of one lease duration. In a process that inherited
+        within one retry period instead of one lease duration — once the guarded bodies of the
+        ending term have returned (asynchronous ones are cancelled; see
+        :meth:`Term.running_bodies <singleton_jobs.Term.running_bodies>`), at most until the
+        lease would have expired anyway. In a process that inherited
         this elector through ``fork()`` this does nothing: the lease is the parent's.
         """
         atexit.unregister(self.stop)

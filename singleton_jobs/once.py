@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -22,7 +23,7 @@ from typing import Any, TypeVar
 
 from .election import Elector
 from .errors import ConfigurationError, LeadershipLost, LeaseStoreError, SingletonJobsError
-from .lease import COMPLETED_MARK, FAILED_MARK, LeaseRecord
+from .lease import COMPLETED_MARK, FAILED_MARK, LeaseRecord, default_identity
 from .store import LeaseStore
 from .terms import run_in_term
 
@@ -122,7 +123,11 @@ def run_once(elector: Elector, key: str, func: Callable[..., T], *args: Any,
     if elector._inherited():
         raise elector._inherited_error()
     store = elector.store.sibling(key)
-    keeper = _KeyElector(store, identity=elector.identity,
+    # An elector created before a fork and not started since still has its parent's default
+    # identity: this process needs its own.
+    identity = (elector.identity if elector._identity_given or elector._identity_pid == os.getpid()
+                else default_identity())
+    keeper = _KeyElector(store, identity=identity,
                          lease_duration=elector.lease_duration,
                          renew_deadline=elector.renew_deadline,
                          retry_period=elector.retry_period)
