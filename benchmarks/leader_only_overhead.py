@@ -76,8 +76,8 @@ def uncounted(elector: Elector) -> Callable[[], object]:
         chosen = elector or get_default_elector()
         if chosen is None:
             raise RuntimeError("no elector")
-        term = chosen._current_term
-        if chosen.is_leader and term is not None:
+        term = chosen._current_term if chosen.is_leader else None
+        if term is not None:
             try:
                 if _current.get() is not None:
                     raise RuntimeError("not timed: inside an asynchronous body")

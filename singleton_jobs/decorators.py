@@ -153,8 +153,9 @@ def _decorate(func: Callable[..., Any], elector: Elector | None, default: Any,
             chosen = elector or _default_elector
             if chosen is None:
                 raise _no_default()
-            term = chosen._current_term
-            if chosen.is_leader and term is not None:
+            # The term after the check: a term that starts meanwhile is the current one.
+            term = chosen._current_term if chosen.is_leader else None
+            if term is not None:
                 next(ran)
                 try:
                     return await run_async_in_term(term, func, args, kwargs,
@@ -172,8 +173,8 @@ def _decorate(func: Callable[..., Any], elector: Elector | None, default: Any,
         chosen = elector or _default_elector
         if chosen is None:
             raise _no_default()
-        term = chosen._current_term
-        if chosen.is_leader and term is not None:
+        term = chosen._current_term if chosen.is_leader else None
+        if term is not None:
             next(ran)
             try:
                 if _current.get() is not None:  # inside an asynchronous body

@@ -334,6 +334,7 @@ class Elector:
         self._start_failures = 0                    # on_started_leading raised this many times
         self._terms_led = 0                         # tags on_started_leading with its term
         self._current_term: Term | None = None      # the term led last (see terms.py)
+        self._earlier_terms: list[Term] = []        # ended terms whose bodies still ran
         self._stopped_from: int | None = None       # the thread that called stop()
         self._release_on_stop = True
         self._thread: threading.Thread | None = None
@@ -744,11 +745,19 @@ class Elector:
             outcome = self._attempt()
             self._count_renew(outcome, self._monotonic() - last_attempt)
             if outcome is _LEADING:
+                late = False
                 with self._changed:  # stop() may have ended leadership while we renewed
                     if not self._stopping.is_set() and self._leading:
                         self._renewed_at = self._write_started
-                        self._leading_until = max(self._leading_until,
-                                                  self._write_started + self.renew_deadline)
+                        # A renew that lands after the deadline does not revive the term:
+                        # guards and bodies have seen it end. A new term starts at once.
+                        late = self._monotonic() >= self._leading_until
+                        if not late:
+                            self._leading_until = self._write_started + self.renew_deadline
+                if late:
+                    self._step_down(self._missed_deadline() + " (a renew landed late)",
+                                    "deadline")
+                    return
             elif outcome is _HELD:
                 holder = self._snapshot[0].holder if self._snapshot else "?"
                 self._step_down(f"lease taken by {holder}", "taken")
@@ -1022,10 +1031,15 @@ class Elector:
         with self._changed:
             if self._stopping.is_set():
                 return False
+            previous = self._current_term
+            self._earlier_terms = [term for term in (*self._earlier_terms, previous)
+                                   if term is not None and term._threads_of_bodies()]
             # The term first, the deadline second: Term.active relies on that order.
             self._terms_led += 1
+            record = self._term
             self._current_term = Term(self, self._terms_led,
-                                      self._term.transitions if self._term else -1)
+                                      record.transitions if record else -1,
+                                      record.acquire_time if record else self._wall())
             self._leading_until = started + self.renew_deadline
             self._renewed_at = started
             # A new leader gets a whole liveness_timeout: followers need not heartbeat.
@@ -1074,7 +1088,8 @@ class Elector:
         snapshot = self._snapshot
         if snapshot is None or self._absent_since is not None or not self._is_ours(snapshot[0]):
             return
-        self._wait_for_bodies()
+        if not self._wait_for_bodies():
+            return
         snapshot = self._snapshot
         if snapshot is None or self._absent_since is not None or not self._is_ours(snapshot[0]):
             return
@@ -1097,32 +1112,36 @@ class Elector:
             self._observe(released, version)
             self._log(logging.INFO, "%s: released %s", self.identity, self.store.name)
 
-    def _wait_for_bodies(self) -> None:
-        """Before a release: let the guarded bodies of the term that just ended finish, so the
+    def _wait_for_bodies(self) -> bool:
+        """Before a release: let the guarded bodies of this elector's terms finish, so the
         next leader never starts while one still runs. Bounded by the moment the lease would
-        expire anyway; a body running on the thread that called stop() is not waited for."""
-        term = self._current_term
-        if term is None:
-            return
-        exempt = self._stopped_from
+        expire anyway. Bodies on the thread that called stop() cannot finish while it waits
+        (a body that called stop(), or an event loop blocked in stop()): then no release
+        (False), the lease expires instead."""
+        exempt = self._stopped_from if self._stopping.is_set() else None
         deadline = self._renewed_at + self.lease_duration
         waited = False
-        while self._monotonic() < deadline:
-            running = [ident for ident in term._threads_of_bodies() if ident != exempt]
+        while True:
+            terms = [term for term in (*self._earlier_terms, self._current_term)
+                     if term is not None]
+            running = [ident for term in terms for ident in term._threads_of_bodies()]
+            if exempt is not None and exempt in running:
+                self._log(logging.INFO, "%s: not releasing %s: job bodies still run on the "
+                          "thread that stopped this elector; the lease expires instead",
+                          self.identity, self.store.name)
+                return False
             if not running:
-                break
+                return True
+            if self._monotonic() >= deadline:
+                self._log(logging.WARNING, "%s: job bodies still run when lease %s expires; "
+                          "releasing it", self.identity, self.store.name)
+                return True
             if not waited:
                 waited = True
-                self._log(logging.INFO, "%s: waiting for %d running job bod%s of term %s to end "
-                          "before releasing %s", self.identity, len(running),
-                          "y" if len(running) == 1 else "ies", term.fencing_token,
-                          self.store.name)
+                self._log(logging.INFO, "%s: waiting for %d running job bod%s to end before "
+                          "releasing %s", self.identity, len(running),
+                          "y" if len(running) == 1 else "ies", self.store.name)
             time.sleep(min(0.01, max(deadline - self._monotonic(), 0.0)))
-        else:
-            if waited:
-                self._log(logging.WARNING, "%s: job bodies of term %s still run when lease %s "
-                          "expires; releasing it", self.identity, term.fencing_token,
-                          self.store.name)
 
     # -- callbacks ----------------------------------------------------------------------------
 

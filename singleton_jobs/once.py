@@ -45,8 +45,9 @@ class RunOnceTimeout(RunOnceError, TimeoutError):
 
 
 class _KeyElector(Elector):
-    """The elector of one key's lease: never takes over a mark, except the failed mark it
-    found when the call began (a later call retries a failed run; a waiting one does not)."""
+    """The elector of one key's lease: never takes over a mark, except a failed mark that its
+    very first attempt found and that was written before the call began (a later call
+    retries a failed run; callers that were already waiting for that run do not)."""
 
     def __init__(self, store: LeaseStore, **options: Any) -> None:
         super().__init__(store, **options)
@@ -54,12 +55,21 @@ class _KeyElector(Elector):
         self.retry_failed: int | None = None   # transitions of the failed mark found at first
         self.reads = 0                         # reads (or writes) that told what is stored
         self._first_read = True
+        self._called_at = time.time()          # failed marks written later are not retried
+
+    def _attempt(self) -> str:
+        try:
+            return super()._attempt()
+        finally:
+            self._first_read = False  # whatever came of it: later failed marks are not ours
 
     def _observe(self, record: LeaseRecord, version: Any, *, written: bool = False) -> None:
-        if self._first_read:
-            self._first_read = False
-            if record.holder == FAILED_MARK:
-                self.retry_failed = record.transitions
+        # Retried: a failure found by the very first attempt and written before this call
+        # began (by the writer's clock), i.e. the failure of an earlier call. A failure of
+        # the run that concurrent callers were waiting for is theirs to report, not to retry.
+        if (self._first_read and record.holder == FAILED_MARK
+                and record.renew_time < self._called_at):
+            self.retry_failed = record.transitions
         super()._observe(record, version, written=written)
         self.reads += 1
         self.observed.set()
@@ -180,59 +190,89 @@ def _run_as_runner(keeper: _KeyElector, key: str, func: Callable[..., Any],
     """Run ``func`` in ``term`` and mark the key; False if the key was lost to another
     replica before the mark could be written."""
     identity = keeper.identity
+    record = keeper._term  # the record of the term func runs in: only it may be marked
     logger.info("%s: running %s (fencing token %s)", identity, key, term.fencing_token)
     started = time.monotonic()
     try:
         run_in_term(term, func, args, kwargs)
-    except LeadershipLost as exc:  # from current_term().check(): the run stopped half-way
+    except LeadershipLost as exc:
+        if term.active:  # not this key's term (another elector's, inside func): a failure
+            if _mark(keeper, record, FAILED_MARK):
+                logger.error("%s: %s raised %s: marked failed", identity, key,
+                             type(exc).__name__)
+            raise
+        # From current_term().check(): the run stopped half-way, the key's lease was lost.
         logger.warning("%s: %s stopped: %s; it runs again wherever the key's lease goes next",
                        identity, key, exc)
         keeper.stop(release=True)
-        keeper.start()
+        _restart(keeper, deadline)
         return False
     except Exception as exc:
-        if _mark(keeper, FAILED_MARK, deadline):
+        if _mark(keeper, record, FAILED_MARK):
             logger.error("%s: %s raised %s: marked failed; the replicas waiting for it raise "
                          "RunOnceFailed, the next call of run_once() runs it again", identity,
                          key, type(exc).__name__)
         raise
-    if _mark(keeper, COMPLETED_MARK, deadline):
+    if _mark(keeper, record, COMPLETED_MARK):
         logger.info("%s: %s completed in %.3gs", identity, key, time.monotonic() - started)
         return True
     logger.warning("%s: %s finished here, but another replica took it over meanwhile (this "
                    "replica lost the lease %s): not marking it completed; waiting for that "
                    "run", identity, key, keeper.store.name)
-    keeper.start()  # campaign and observe again, as a waiter
+    _restart(keeper, deadline)  # campaign and observe again, as a waiter
     return False
 
 
-def _mark(keeper: _KeyElector, holder: str, deadline: float) -> bool:
-    """Replace this runner's own record by the mark ``holder``; False if the store holds
-    another term (somebody took the key over). Retries store failures until ``deadline`` (a
-    store that stays away longer than a lease lets somebody else take over, which the
-    compare-and-swap then sees)."""
-    keeper.stop(release=False)  # no renew may race the mark
-    snapshot, term = keeper._snapshot, keeper._term
-    if snapshot is None or term is None:
-        return False
-    version: Any = snapshot[1]
-    mark = term._replace(holder=holder, renew_time=round(time.time(), 6))
-    timeout = keeper._call_timeout()
+def _restart(keeper: _KeyElector, deadline: float) -> None:
+    """Start the keeper again (its thread may still be finishing a store call)."""
     while True:
         try:
-            if keeper._is_ours(snapshot[0]) and keeper.store.update(mark, version,
-                                                                   timeout=timeout) is not None:
-                return True
-            fresh = keeper.store.get(timeout=timeout)
-        except LeaseStoreError as exc:
+            keeper.start()
+            return
+        except SingletonJobsError:
             if time.monotonic() >= deadline:
-                raise RunOnceTimeout(f"could not mark {keeper.store.name} {holder.strip()}: "
-                                     f"{exc}") from exc
+                raise
+            time.sleep(keeper.retry_period)
+
+
+def _mark(keeper: _KeyElector, record: LeaseRecord | None, holder: str) -> bool:
+    """Replace ``record`` — the record of the term the run was made in — by the mark
+    ``holder``; False if the store holds anything else (somebody took the key over, perhaps
+    this replica again in a later term). Store failures are retried while the lease may still
+    be this term's: after that another replica may have taken it, and the run is left to it."""
+    keeper.stop(release=False)  # no renew may race the mark
+    if record is None:
+        return False
+    mark = record._replace(holder=holder, renew_time=round(time.time(), 6))
+    give_up = keeper._renewed_at + keeper.lease_duration
+    timeout = keeper._call_timeout()
+    snapshot = keeper._snapshot
+    while True:
+        try:
+            if snapshot is not None and _same_record(snapshot[0], record) and \
+                    keeper.store.update(mark, snapshot[1], timeout=timeout) is not None:
+                return True
+            snapshot = keeper.store.get(timeout=timeout)
+        except LeaseStoreError as exc:
+            if keeper._monotonic() >= give_up:
+                logger.warning("%s: could not mark %s %s before its lease could expire (%s); "
+                               "the next caller runs it again", keeper.identity,
+                               keeper.store.name, holder.strip(), exc)
+                return False
             logger.warning("%s: could not mark %s %s yet: %s", keeper.identity,
                            keeper.store.name, holder.strip(), exc)
             time.sleep(keeper.retry_period)
+            snapshot = None
             continue
-        if fresh is None or not keeper._is_ours(fresh[0]):
+        if snapshot is None:
             return False
-        snapshot = fresh
-        version = fresh[1]
+        if _same_record(snapshot[0], mark) and snapshot[0].holder == holder:
+            return True  # an earlier write went through although its call failed
+        if not _same_record(snapshot[0], record):
+            return False
+
+
+def _same_record(stored: LeaseRecord, record: LeaseRecord) -> bool:
+    """Whether ``stored`` is ``record``'s term: same holder, token and acquire time."""
+    return (stored.holder == record.holder and stored.transitions == record.transitions
+            and abs(stored.acquire_time - record.acquire_time) < 1e-5)

@@ -85,22 +85,27 @@ class TermLost:
 class Term:
     """One leadership term of one elector (see the module documentation).
 
-    ``fencing_token`` is the lease's transition counter for this term: strictly higher than
-    that of every earlier term of any replica. ``active`` is True while the term lasts;
+    ``fencing_token`` is the lease's transition counter for this term: higher than that of
+    every earlier term of another replica (a replica that leads again with nobody in between
+    keeps its token, in a new term). ``active`` is True while the term lasts;
     ``check()`` raises :class:`~singleton_jobs.LeadershipLost` once it has ended; ``lost``
     is an event-like object that is set when it ends. All of them read memory only.
     """
 
-    __slots__ = ("_bodies", "_ended", "_hooks", "_lock", "elector", "fencing_token", "lost",
-                 "serial")
+    __slots__ = ("_bodies", "_ended", "_hooks", "_lock", "acquire_time", "elector",
+                 "fencing_token", "lost", "serial")
 
-    def __init__(self, elector: Elector, serial: int, fencing_token: int) -> None:
+    def __init__(self, elector: Elector, serial: int, fencing_token: int,
+                 acquire_time: float = 0.0) -> None:
         self.elector = elector
         self.serial = serial
         self.fencing_token = fencing_token
+        #: When this replica acquired the lease (its own wall clock, Unix seconds).
+        self.acquire_time = acquire_time
         self.lost = TermLost(self)
         self._ended = threading.Event()
-        self._lock = threading.Lock()
+        # Reentrant: stop() may run in a signal handler on a thread that holds it.
+        self._lock = threading.RLock()
         self._hooks: list[Callable[[], Any]] = []
         # One entry per guarded body running in this term: the thread it runs on. Appended and
         # removed without a lock (single list operations are atomic).
@@ -273,15 +278,16 @@ async def _watch(term: Term, func: Callable[..., Awaitable[T]], args: tuple[Any,
     task = asyncio.current_task()
     if task is None:  # pragma: no cover - always a task under asyncio.run and schedulers
         return await func(*args, **kwargs)
-    cancelled = False
+    cancelled = finished = False
     timer: asyncio.TimerHandle | None = None
 
     def judge() -> None:
         """On the loop: cancel the body if the term has ended, else look again at its
-        deadline (a renew moves it on)."""
+        deadline (a renew moves it on). A call queued by the election thread may come after
+        the body returned: then the task runs other code, which is not ours to cancel."""
         nonlocal cancelled, timer
         timer = None
-        if cancelled or task.done():
+        if cancelled or finished or task.done():
             return
         if not term.active:
             cancelled = True
@@ -316,6 +322,7 @@ async def _watch(term: Term, func: Callable[..., Awaitable[T]], args: tuple[Any,
             _uncancel(task)
         return result
     finally:
+        finished = True
         forget()
         if timer is not None:
             timer.cancel()

@@ -616,3 +616,121 @@ def test_a_job_of_a_shared_store_runs_in_the_term_it_was_claimed_in(
         scheduler.shutdown()
     assert {(token, term is leader.current_term) for token, term in seen} == {
         (leader.fencing_token, True)}
+
+
+# -- found in review: races at the edges of a term -------------------------------------------
+
+
+def test_a_step_down_handed_to_the_loop_as_the_body_returns_spares_the_caller() -> None:
+    elector = Elector(MemoryLeaseStore(), identity="a", lease_duration=2, renew_deadline=1,
+                      retry_period=0.2).start()
+    assert elector.wait_for_leadership(5)
+
+    @leader_only(elector)
+    async def body() -> str:
+        threading.Thread(target=elector.stop).start()
+        time.sleep(0.3)  # the loop is busy while the step-down is queued for it
+        return "body done"
+
+    async def main() -> str:
+        result = await body()
+        await asyncio.sleep(0.2)  # the caller's own code: not to be cancelled
+        return result
+
+    assert asyncio.run(main()) == "body done"
+
+
+def test_a_renew_that_lands_after_the_deadline_does_not_revive_the_term() -> None:
+    class SlowOnce(MemoryLeaseStore):
+        slow = 0
+
+        def update(self, record: LeaseRecord, version: Version, *,
+                   timeout: float = 0.0) -> Version | None:
+            if self.slow:
+                self.slow -= 1
+                time.sleep(0.9)
+            return super().update(record, version, timeout=timeout)
+
+    store = SlowOnce()
+    elector = Elector(store, identity="a", lease_duration=3, renew_deadline=1.0,
+                      retry_period=0.3).start()
+    try:
+        assert elector.wait_for_leadership(5)
+        term = elector.current_term
+        assert term is not None
+        store.slow = 1
+        seen = []
+        started = time.monotonic()
+        while time.monotonic() - started < 2.5:
+            seen.append(term.active)
+            time.sleep(0.02)
+        # Once over, over: True ... True, then False for good (a new term follows).
+        assert seen[0] and not seen[-1] and seen == sorted(seen, reverse=True)
+        assert elector.wait_for_leadership(5) and elector.current_term is not term
+    finally:
+        elector.stop()
+
+
+def test_a_release_waits_for_the_bodies_of_an_earlier_term_too() -> None:
+    class Flaky(MemoryLeaseStore):
+        fail_until = 0.0
+
+        def update(self, record: LeaseRecord, version: Version, *,
+                   timeout: float = 0.0) -> Version | None:
+            if time.monotonic() < self.fail_until:
+                time.sleep(0.05)
+                raise LeaseStoreError("timeout")
+            return super().update(record, version, timeout=timeout)
+
+    store = Flaky()
+    elector = Elector(store, identity="a", lease_duration=3.0, renew_deadline=0.5,
+                      retry_period=0.1).start()
+    assert elector.wait_for_leadership(5)
+    ended: list[float] = []
+
+    @leader_only(elector)
+    def long_body() -> None:  # does not look at its term
+        time.sleep(2.0)
+        ended.append(time.monotonic())
+
+    worker = threading.Thread(target=long_body)
+    worker.start()
+    time.sleep(0.1)
+    first = elector.current_term
+    store.fail_until = time.monotonic() + 0.7  # step down, then lead again: a new term
+    assert wait_until(lambda: elector.current_term not in (None, first), 5)
+    elector.stop()
+    released_at = time.monotonic()
+    worker.join(5)
+    assert ended and ended[0] <= released_at
+
+
+def test_stop_called_on_the_event_loop_leaves_the_lease_to_expire(
+        caplog: pytest.LogCaptureFixture) -> None:
+    store = MemoryLeaseStore()
+    elector = Elector(store, identity="a", lease_duration=3, renew_deadline=1,
+                      retry_period=0.2).start()
+    assert elector.wait_for_leadership(5)
+    holders: list[str] = []
+
+    @leader_only(elector)
+    async def job() -> None:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            await asyncio.sleep(0.2)  # flushing a batch before giving up
+            holders.append(store.get()[0].holder)  # type: ignore[index]
+            raise
+
+    async def main() -> None:
+        task = asyncio.ensure_future(job())
+        await asyncio.sleep(0.2)
+        with caplog.at_level(logging.INFO):
+            elector.stop()  # an async app's shutdown hook: the loop cannot run the job now
+        holders.append(store.get()[0].holder)  # type: ignore[index]
+        await task
+
+    asyncio.run(main())
+    # Not released while the job could still write: the lease expires instead.
+    assert holders == ["a", "a"]
+    assert "not releasing" in caplog.text
