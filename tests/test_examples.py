@@ -115,3 +115,27 @@ def test_migrate_then_schedule_example_migrates_once_and_every_replica_waits_for
         replica.signal(signal.SIGINT)
         assert replica.popen.wait(20) == 0, replica.output()
     assert "Traceback" not in "".join(r.output() for r in [*fleet, late])
+
+
+def test_celery_beat_example_sends_from_one_replica_and_hands_over_on_sigterm() -> None:
+    import subprocess
+
+    from servers import REDIS_URL, require_server
+
+    require_server(REDIS_URL)
+    env = {**os.environ, "SECONDS_BEFORE_STOP": "8", "REDIS_URL": REDIS_URL,
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE.parent),
+                                                       os.environ.get("PYTHONPATH")]))}
+    result = subprocess.run(["bash", str(EXAMPLES / "celery_beat" / "run.sh")], env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    before, marker, after = result.stdout.partition("--- SIGTERM to replica-1")
+    assert marker, result.stdout
+    assert "[replica-1]" in before and "became leader" in before
+    assert "report sent" in before
+    # replica-1 released on SIGTERM; replica-2's beat took over and sent from then on.
+    assert "[replica-1]" in after and "released" in after
+    assert "[replica-2]" in after and "became leader" in after.split("--- stopping")[0]
+    tokens = {line.rsplit(" ", 1)[1] for line in result.stdout.splitlines()
+              if "report sent by the beat of term" in line}
+    assert len(tokens) == 2, result.stdout  # one term per leader, nothing else sent
