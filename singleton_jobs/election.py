@@ -333,6 +333,7 @@ class Elector:
         self._abdicate = threading.Event()
         self._start_failures = 0                    # on_started_leading raised this many times
         self._terms_led = 0                         # tags on_started_leading with its term
+        self._term_serial = 0                       # the current Term object's serial
         self._current_term: Term | None = None      # the term led last (see terms.py)
         self._earlier_terms: list[Term] = []        # ended terms whose bodies still ran
         self._stopped_from: int | None = None       # the thread that called stop()
@@ -745,19 +746,22 @@ class Elector:
             outcome = self._attempt()
             self._count_renew(outcome, self._monotonic() - last_attempt)
             if outcome is _LEADING:
-                late = False
+                ended = None
                 with self._changed:  # stop() may have ended leadership while we renewed
                     if not self._stopping.is_set() and self._leading:
                         self._renewed_at = self._write_started
-                        # A renew that lands after the deadline does not revive the term:
-                        # guards and bodies have seen it end. A new term starts at once.
-                        late = self._monotonic() >= self._leading_until
-                        if not late:
-                            self._leading_until = self._write_started + self.renew_deadline
-                if late:
-                    self._step_down(self._missed_deadline() + " (a renew landed late)",
-                                    "deadline")
-                    return
+                        if self._monotonic() >= self._leading_until:
+                            # The renew landed after the deadline: guards saw leadership end
+                            # and the term's bodies were told. It does not come back to life;
+                            # leading goes on (no callbacks) in a new term.
+                            ended = self._open_term()
+                        self._leading_until = self._write_started + self.renew_deadline
+                if ended is not None:
+                    ended._end()
+                    self._log(logging.WARNING, "%s: a renew of %s landed %.3gs after the renew "
+                              "deadline: leadership lapsed meanwhile; leading on in a new term",
+                              self.identity, self.store.name,
+                              self._monotonic() - (self._renewed_at + self.renew_deadline))
             elif outcome is _HELD:
                 holder = self._snapshot[0].holder if self._snapshot else "?"
                 self._step_down(f"lease taken by {holder}", "taken")
@@ -1031,15 +1035,8 @@ class Elector:
         with self._changed:
             if self._stopping.is_set():
                 return False
-            previous = self._current_term
-            self._earlier_terms = [term for term in (*self._earlier_terms, previous)
-                                   if term is not None and term._threads_of_bodies()]
-            # The term first, the deadline second: Term.active relies on that order.
             self._terms_led += 1
-            record = self._term
-            self._current_term = Term(self, self._terms_led,
-                                      record.transitions if record else -1,
-                                      record.acquire_time if record else self._wall())
+            self._open_term()  # the term first, the deadline second: Term.active relies on it
             self._leading_until = started + self.renew_deadline
             self._renewed_at = started
             # A new leader gets a whole liveness_timeout: followers need not heartbeat.
@@ -1055,6 +1052,19 @@ class Elector:
         for listener in self._listeners:
             self._notify("leadership listener", listener, True)
         return True
+
+    def _open_term(self) -> Term | None:
+        """Start a new term object (under ``_changed``); return the previous one, which the
+        caller ends unless it ended already."""
+        previous = self._current_term
+        self._earlier_terms = [term for term in (*self._earlier_terms, previous)
+                               if term is not None and term._threads_of_bodies()]
+        self._term_serial += 1
+        record = self._term
+        self._current_term = Term(self, self._term_serial,
+                                  record.transitions if record else -1,
+                                  record.acquire_time if record else self._wall())
+        return previous
 
     def _step_down(self, reason: str, kind: str, level: int = logging.WARNING) -> None:
         """Stop leading; ``kind`` names the reason in the step-down metric."""

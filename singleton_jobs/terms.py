@@ -118,8 +118,8 @@ class Term:
         # The serial is read on both sides of is_leader: a later term of the same elector
         # sets its serial before it extends the deadline, so a read that straddles a new term
         # sees the serial change and does not count the new term's deadline for this one.
-        return (elector._terms_led == self.serial and elector.is_leader
-                and elector._terms_led == self.serial)
+        return (elector._term_serial == self.serial and elector.is_leader
+                and elector._term_serial == self.serial)
 
     def remaining(self) -> float:
         """Seconds this term is sure to last without another renew (0 once it has ended)."""

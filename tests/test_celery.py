@@ -80,6 +80,20 @@ class Fleet:
             self.output()
         return receipts(self.journal)[-1][1]
 
+    def start(self, beats: int) -> Process:
+        """A worker and ``beats`` beats; returns the beat that sends."""
+        self.worker()
+        for _ in range(beats):
+            self.beat()
+        leader = self.sender()
+        return next(b for b in self.beats if b.pid == leader)
+
+    def taken_over(self, leader: Process, since: float) -> float:
+        """Seconds from ``since`` to the first send of another beat (which must come)."""
+        new = self.sender(since=since)
+        assert new != leader.pid
+        return min(r[0] for r in receipts(self.journal) if r[1] == new) - since
+
     def output(self) -> str:
         return "\n\n".join(f"beat {b.pid}:\n{b.output()[-3000:]}" for b in self.beats)
 
@@ -105,48 +119,32 @@ def test_three_beats_send_every_due_task_exactly_once(fleet: Fleet) -> None:
 
 
 def test_a_killed_leading_beat_is_replaced_within_about_one_lease(fleet: Fleet) -> None:
-    fleet.worker()
-    for _ in range(3):
-        fleet.beat()
-    leader = fleet.sender()
-    next(b for b in fleet.beats if b.pid == leader).kill()
-    killed_at = time.time()
-    new = fleet.sender(since=killed_at)
-    rows = receipts(fleet.journal)
-    first_new = min(r[0] for r in rows if r[1] == new)
-    assert new != leader
+    leader = fleet.start(beats=3)
+    leader.kill()
+    took = fleet.taken_over(leader, since=time.time())
     # The lease expires lease_duration after the last renew; the next due time follows.
-    assert first_new - killed_at < LEASE_DURATION + INTERVAL + 1.5, first_new - killed_at
-    assert duplicates(rows) == []
+    assert took < LEASE_DURATION + INTERVAL + 1.5, took
+    assert duplicates(receipts(fleet.journal)) == []
 
 
 def test_sigterm_hands_over_within_one_retry_period(fleet: Fleet) -> None:
-    fleet.worker()
-    for _ in range(2):
-        fleet.beat()
-    leader = fleet.sender()
-    stopping = next(b for b in fleet.beats if b.pid == leader)
-    stopping.signal(signal.SIGTERM)
+    leader = fleet.start(beats=2)
+    leader.signal(signal.SIGTERM)
     stopped_at = time.time()
-    assert stopping.popen.wait(20) == 0, stopping.output()
-    assert "released" in stopping.output()
-    new = fleet.sender(since=stopped_at)
-    rows = receipts(fleet.journal)
-    first_new = min(r[0] for r in rows if r[1] == new)
+    assert leader.popen.wait(20) == 0, leader.output()
+    assert "released" in leader.output()
+    took = fleet.taken_over(leader, since=stopped_at)
     # Released, not expired (which takes lease_duration): a retry period and a due time.
-    assert first_new - stopped_at < RETRY_PERIOD + INTERVAL + 0.8, first_new - stopped_at
-    assert duplicates(rows) == []
+    assert took < RETRY_PERIOD + INTERVAL + 0.8, took
+    assert duplicates(receipts(fleet.journal)) == []
 
 
 def test_a_paused_leading_beat_that_resumes_sends_nothing_stale(fleet: Fleet) -> None:
-    fleet.worker()
-    for _ in range(2):
-        fleet.beat()
-    leader = fleet.sender()
-    paused = next(b for b in fleet.beats if b.pid == leader)
+    paused = fleet.start(beats=2)
+    leader = paused.pid
     paused.signal(signal.SIGSTOP)
     stopped_at = time.time()
-    assert fleet.sender(since=stopped_at + 0.1) != leader
+    fleet.taken_over(paused, since=stopped_at + 0.1)
     time.sleep(LEASE_DURATION)
     paused.signal(signal.SIGCONT)  # its due entries are overdue now: it must not send them
     resumed_at = time.time()

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -112,40 +113,39 @@ def test_a_failed_run_fails_its_waiters_once_and_the_next_call_runs_it_again(
     assert attempts[1:] == ["retry"]
 
 
-def test_different_keys_do_not_wait_for_each_other() -> None:
-    store = MemoryLeaseStore()
-    slow = Elector(store, identity="slow", **TIMINGS)  # type: ignore[arg-type]
-    quick = Elector(store, identity="quick", **TIMINGS)  # type: ignore[arg-type]
+@contextlib.contextmanager
+def running(store: MemoryLeaseStore, identity: str, key: str) -> Iterator[None]:
+    """``identity`` runs ``key`` in a thread until the block ends."""
+    runner = Elector(store, identity=identity, **TIMINGS)  # type: ignore[arg-type]
     release = threading.Event()
-    thread = threading.Thread(target=run_once, args=(slow, "warm:a", release.wait, 10))
+    thread = threading.Thread(target=run_once, args=(runner, key, release.wait, 10))
     thread.start()
     try:
-        assert wait_until(lambda: store.sibling("warm:a").get() is not None, 5)
-        started = time.monotonic()
-        assert run_once(quick, "warm:b", lambda: None) is True
-        assert time.monotonic() - started < 1.0
+        assert wait_until(lambda: store.sibling(key).get() is not None, 5)
+        yield
     finally:
         release.set()
         thread.join(10)
 
 
+def test_different_keys_do_not_wait_for_each_other() -> None:
+    store = MemoryLeaseStore()
+    quick = Elector(store, identity="quick", **TIMINGS)  # type: ignore[arg-type]
+    with running(store, "slow", "warm:a"):
+        started = time.monotonic()
+        assert run_once(quick, "warm:b", lambda: None) is True
+        assert time.monotonic() - started < 1.0
+
+
 def test_a_timeout_names_who_is_running_it() -> None:
     store = MemoryLeaseStore()
-    runner = Elector(store, identity="runner", **TIMINGS)  # type: ignore[arg-type]
     waiter = Elector(store, identity="waiter", **TIMINGS)  # type: ignore[arg-type]
-    release = threading.Event()
-    thread = threading.Thread(target=run_once, args=(runner, "migrate:1", release.wait, 10))
-    thread.start()
-    try:
-        assert wait_until(lambda: store.sibling("migrate:1").get() is not None, 5)
+    with running(store, "runner", "migrate:1"):
         started = time.monotonic()
         with pytest.raises(RunOnceTimeout, match=r"migrate:1 was not completed within the "
                                                  r"timeout \(0.3s\); runner is running it"):
             run_once(waiter, "migrate:1", lambda: None, timeout=0.3)
         assert 0.25 < time.monotonic() - started < 2.0
-    finally:
-        release.set()
-        thread.join(10)
     assert run_once(waiter, "migrate:1", lambda: None, timeout=0) is False
 
 
