@@ -407,3 +407,33 @@ def test_a_mark_that_went_through_although_its_call_failed_completes_the_key(
     with caplog.at_level(logging.WARNING):
         assert run_once(elector, "k", lambda: None) is True
     assert "another replica took it over" not in caplog.text
+
+
+def test_run_once_in_a_forked_child_needs_an_elector_of_its_own(tmp_path: Path) -> None:
+    from singleton_jobs import FileElector, SingletonJobsError
+
+    started = FileElector(tmp_path / "started.lease", **TIMINGS).start()  # type: ignore[arg-type]
+    created = FileElector(tmp_path / "created.lease", **TIMINGS)  # type: ignore[arg-type]
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            try:
+                run_once(started, "k", lambda: None)
+                answer = "ran with the inherited elector"
+            except SingletonJobsError as exc:
+                answer = "refused: " + str(exc)[:200]
+            # Created before the fork, never started: the child runs under its own identity.
+            identities: list[str] = []
+            run_once(created, "k", lambda: identities.append(current_term().elector.identity))
+            answer += f"|{identities[0] != created.identity}"
+        finally:
+            os.write(write, answer.encode())
+            os._exit(0)
+    os.close(write)
+    answer = os.read(read, 1000).decode()
+    os.waitpid(pid, 0)
+    started.stop()
+    refused, fresh = answer.split("|")
+    assert refused.startswith("refused: ") and "inherited by fork()" in refused
+    assert fresh == "True"
